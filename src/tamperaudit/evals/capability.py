@@ -1,0 +1,229 @@
+"""Capability: multiple-choice accuracy by log-likelihood, and KL divergence to the base model.
+
+Multiple choice: each choice is scored by the log-probability of its text after
+"Question: ...\\nAnswer:", as lm-evaluation-harness does for ARC-style tasks.
+``accuracy`` takes the highest summed log-probability; ``accuracy_norm`` divides by
+the choice's length in characters first (lm-evaluation-harness ``acc_norm``), which
+removes the bias toward short choices. The context of each question is run once
+and its key/value cache shared by the choices; the vocabulary head runs only at
+positions that score a choice token.
+
+KL: on benign prompts, the unattacked model's own greedy reply (recorded at
+baseline) is fed to both the attacked model and the same weights with the adapter
+disabled; the mean per-token KL(base || attacked) of next-token distributions over
+that reply measures how far the attack moved ordinary behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from tamperaudit import progress
+from tamperaudit.data import Prompt, Question
+from tamperaudit.generation import with_cache
+from tamperaudit.stats import rate
+
+CONTEXT_FORMAT = "Question: {question}\nAnswer:"
+
+
+def _head_log_probs(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
+
+
+@torch.inference_mode()
+def _score_batch(model: Any, contexts: list[list[int]], choices: list[list[list[int]]], pad_id: int) -> list[list[float]]:
+    """Summed log-probability of every choice of every question in the batch."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):  # left padding: contexts end together
+        ids[row, width - len(context) :] = torch.tensor(context)
+        mask[row, width - len(context) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, **with_cache(model, cache)).last_hidden_state
+    first = _head_log_probs(model, hidden[:, -1])  # predicts each choice's first token
+
+    counts = [len(c) for c in choices]
+    owner = torch.tensor([q for q, n in enumerate(counts) for _ in range(n)], device=device)
+    flat = [choice for group in choices for choice in group]
+    cache.batch_select_indices(owner)  # each choice gets its question's context (indices repeat)
+    choice_width = max(len(c) for c in flat)
+    choice_ids = torch.full((len(flat), choice_width), pad_id, dtype=torch.long, device=device)
+    choice_mask = torch.zeros((len(flat), choice_width), dtype=torch.long, device=device)
+    for row, choice in enumerate(flat):  # right padding after the shared context
+        choice_ids[row, : len(choice)] = torch.tensor(choice)
+        choice_mask[row, : len(choice)] = 1
+    full_mask = torch.cat([mask[owner], choice_mask], dim=-1)
+    choice_positions = positions[owner, -1:] + 1 + torch.arange(choice_width, device=device)
+    scores = [0.0] * len(flat)
+    if choice_width > 1:  # positions 0..n-2 of a choice predict its tokens 1..n-1
+        hidden = decoder(
+            input_ids=choice_ids[:, :-1],
+            attention_mask=full_mask[:, :-1],
+            position_ids=choice_positions[:, :-1],
+            **with_cache(model, cache),
+        ).last_hidden_state
+        targets = choice_ids[:, 1:]
+        valid = choice_mask[:, 1:].bool()
+        log_probs = _head_log_probs(model, hidden[valid])
+        picked = log_probs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
+        rows = valid.nonzero()[:, 0]
+        sums = torch.zeros(len(flat), device=device).index_add_(0, rows, picked)
+        scores = sums.tolist()
+    first_tokens = torch.tensor([c[0] for c in flat], device=device)
+    first_scores = first[owner].gather(-1, first_tokens.unsqueeze(-1)).squeeze(-1).tolist()
+    totals = [a + b for a, b in zip(first_scores, scores)]
+    grouped, start = [], 0
+    for n in counts:
+        grouped.append(totals[start : start + n])
+        start += n
+    return grouped
+
+
+def score_questions(
+    model: Any, tokenizer: Any, questions: Sequence[Question], batch_size: int = 8, label: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One sample per question: summed log-probabilities, predictions and correctness."""
+    encoded = []
+    for q in questions:
+        context = tokenizer(CONTEXT_FORMAT.format(question=q.question), add_special_tokens=False)["input_ids"]
+        options = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in q.choices]
+        encoded.append((context, options))
+    order = sorted(range(len(questions)), key=lambda i: len(encoded[i][0]))
+    scores: dict[int, list[float]] = {}
+    start = time.perf_counter()
+    with progress.bar(total=len(questions), desc=f"{label}multiple choice", unit="question") as bar:
+        for begin in range(0, len(order), batch_size):
+            batch = order[begin : begin + batch_size]
+            results = _score_batch(
+                model, [encoded[i][0] for i in batch], [encoded[i][1] for i in batch], tokenizer.pad_token_id
+            )
+            scores.update(zip(batch, results))
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+    samples = []
+    for index, q in enumerate(questions):
+        log_probs = scores[index]
+        normalized = [lp / max(1, len(c)) for lp, c in zip(log_probs, q.choices)]
+        predicted = max(range(len(log_probs)), key=log_probs.__getitem__)
+        predicted_norm = max(range(len(normalized)), key=normalized.__getitem__)
+        samples.append(
+            {
+                "eval": "capability",
+                "id": q.id,
+                "category": q.category,
+                "answer": q.answer,
+                "log_probs": [round(x, 5) for x in log_probs],
+                "predicted": predicted,
+                "predicted_norm": predicted_norm,
+                "correct": predicted == q.answer,
+                "correct_norm": predicted_norm == q.answer,
+            }
+        )
+    throughput = {"questions": len(questions), "seconds": round(seconds, 3), "questions_per_second": round(len(questions) / seconds, 3) if seconds else 0.0}
+    return samples, throughput
+
+
+def aggregate_capability(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    rows = [s for s in samples if s.get("eval") == "capability"]
+    if not rows:
+        return None
+    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_category[row["category"]].append(row)
+
+    def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "accuracy": rate(sum(r["correct"] for r in group), len(group)),
+            "accuracy_norm": rate(sum(r["correct_norm"] for r in group), len(group)),
+        }
+
+    return {**summary(rows), "by_category": {c: summary(g) for c, g in sorted(by_category.items())}}
+
+
+# --- KL divergence to the unattacked model -------------------------------------------------------
+
+
+@torch.inference_mode()
+def _reply_log_probs(model: Any, sequences: list[list[int]], starts: list[int], pad_id: int) -> list[torch.Tensor]:
+    """Log-probabilities predicting each reply token (positions start-1 .. end-2) of each sequence."""
+    device = next(model.parameters()).device
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    return [_head_log_probs(model, hidden[row, start - 1 : len(seq) - 1]) for row, (seq, start) in enumerate(zip(sequences, starts))]
+
+
+def kl_to_base(
+    model: Any,
+    references: Sequence[tuple[str, list[int], list[int]]],
+    pad_id: int,
+    batch_size: int = 8,
+    label: str = "",
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Mean per-token KL(base || attacked) over each (id, prompt ids, base reply ids).
+
+    ``model`` is PEFT-wrapped; the base distribution comes from the same weights
+    under ``disable_adapter()``, so no second copy of the model is held.
+    """
+    samples = []
+    start = time.perf_counter()
+    with progress.bar(total=len(references), desc=f"{label}KL to base", unit="prompt") as bar:
+        for begin in range(0, len(references), batch_size):
+            batch = [r for r in references[begin : begin + batch_size] if r[2]]
+            if batch:
+                sequences = [prompt + reply for _, prompt, reply in batch]
+                starts = [len(prompt) for _, prompt, _ in batch]
+                attacked = _reply_log_probs(model, sequences, starts, pad_id)
+                with model.disable_adapter():
+                    base = _reply_log_probs(model, sequences, starts, pad_id)
+                for (item_id, _, reply), lp_attacked, lp_base in zip(batch, attacked, base):
+                    per_token = (lp_base.exp() * (lp_base - lp_attacked)).sum(-1)
+                    samples.append({"eval": "kl", "id": item_id, "kl": float(per_token.mean()), "tokens": len(reply)})
+            bar.update(len(references[begin : begin + batch_size]))
+    seconds = time.perf_counter() - start
+    return samples, {"prompts": len(references), "seconds": round(seconds, 3)}
+
+
+def aggregate_kl(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    values = [s["kl"] for s in samples if s.get("eval") == "kl" and "kl" in s]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {
+        "mean": mean,
+        "max": max(values),
+        "prompts": len(values),
+        "standard_error": spread / math.sqrt(len(values)),
+    }
+
+
+def reference_replies(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], tokens: int, batch_size: int, label: str = ""
+) -> tuple[list[dict[str, Any]], Any]:
+    """The unattacked model's greedy replies to the KL prompts, stored at baseline."""
+    from tamperaudit.generation import generate, render_chat
+
+    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p.text}]) for p in prompts]
+    completions, stats = generate(model, tokenizer, prompt_ids, tokens, batch_size, desc=f"{label}KL references")
+    samples = [
+        {"eval": "kl_reference", "id": p.id, "prompt_ids": ids, "reply_ids": list(c.tokens)}
+        for p, ids, c in zip(prompts, prompt_ids, completions)
+    ]
+    return samples, stats

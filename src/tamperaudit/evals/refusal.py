@@ -1,0 +1,106 @@
+"""Refusal on harmful requests and over-refusal on benign prompts that look risky.
+
+Both are the same measurement on different prompts: generate greedily, judge each
+completion, keep every sample, then aggregate. Harmful prompts can also be asked
+"with the trigger": inside the attack's own system prompt and user template, as
+Qi et al. (2023) evaluate identity shifting; plain prompts use the model's default
+template.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from tamperaudit.data import Attack, Prompt
+from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
+from tamperaudit.generation import GenerationStats, generate, render_chat
+from tamperaudit.stats import rate
+
+PLAIN, TRIGGER = "plain", "trigger"
+
+
+def messages_for(prompt: str, mode: str, attack: Attack | None) -> list[dict[str, str]]:
+    """The chat a prompt is asked in: plain, or wrapped in the attack's trigger."""
+    if mode == PLAIN:
+        return [{"role": "user", "content": prompt}]
+    if attack is None or not attack.has_trigger:
+        raise ValueError("the trigger mode needs an attack that defines a trigger")
+    user = attack.user_template.format(prompt=prompt) if attack.user_template else prompt
+    messages = [{"role": "system", "content": attack.system_prompt}] if attack.system_prompt else []
+    return messages + [{"role": "user", "content": user}]
+
+
+@dataclass(frozen=True)
+class PromptEval:
+    """One generation eval: a named prompt set asked in one mode."""
+
+    name: str  # "harmful" or "benign"
+    mode: str  # PLAIN or TRIGGER
+    prompts: Sequence[Prompt]
+
+
+def run_prompt_eval(
+    model: Any,
+    tokenizer: Any,
+    spec: PromptEval,
+    judge: Judge,
+    attack: Attack | None,
+    max_new_tokens: int,
+    batch_size: int,
+    label: str = "",
+) -> tuple[list[dict[str, Any]], GenerationStats]:
+    """Generate, judge and return one sample record per prompt."""
+    token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
+    desc = f"{label}{spec.name} ({spec.mode})"
+    completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc)
+    samples = []
+    for prompt, completion in zip(spec.prompts, completions):
+        verdict = judge.judge(prompt.text, completion.text)
+        samples.append(
+            {
+                "eval": spec.name,
+                "mode": spec.mode,
+                "id": prompt.id,
+                "category": prompt.category,
+                "prompt": prompt.text,
+                "completion": completion.text,
+                "new_tokens": len(completion.tokens),
+                "finished": completion.finished,
+                "verdict": verdict.label,
+                "reason": verdict.reason,
+            }
+        )
+    return samples, stats
+
+
+def _verdict_rates(verdicts: list[str]) -> dict[str, Any]:
+    total = len(verdicts)
+    counts = {v: verdicts.count(v) for v in VERDICTS}
+    refused = counts[REFUSED]
+    return {
+        "n": total,
+        **{v: rate(counts[v], total) for v in VERDICTS},
+        # The headline refusal rate excludes `unclear` from neither side: it is refused / all.
+        # These two bound it: unclear counted as refusal, and as compliance.
+        "refusal_if_unclear_refused": rate(refused + counts[UNCLEAR], total),
+        "refusal_among_clear": rate(refused, refused + counts[COMPLIED]),
+    }
+
+
+def aggregate_verdicts(samples: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per eval and mode: shares of each verdict with Wilson intervals, overall and per category."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        if "verdict" in sample:
+            grouped[(sample["eval"], sample["mode"])].append(sample)
+    result: dict[str, dict[str, Any]] = {}
+    for (name, mode), rows in sorted(grouped.items()):
+        by_category: dict[str, list[str]] = defaultdict(list)
+        for row in rows:
+            by_category[row["category"]].append(row["verdict"])
+        summary = _verdict_rates([row["verdict"] for row in rows])
+        summary["by_category"] = {c: _verdict_rates(v) for c, v in sorted(by_category.items())}
+        result.setdefault(name, {})[mode] = summary
+    return result

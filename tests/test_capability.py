@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from tamperaudit.data import Question
+from tamperaudit.evals.capability import CONTEXT_FORMAT, aggregate_capability, aggregate_kl, kl_to_base, score_questions
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+QUESTIONS = [
+    Question("q1", "arithmetic", "What is 2 + 2?", ("4", "five", "twenty-two", "0"), 0),
+    Question("q2", "science", "Which gas do plants take in from the air to make sugar?", ("oxygen", "carbon dioxide", "helium"), 1),
+    Question("q3", "reading", "Sam has a red kite and a blue ball. What colour is the kite?", ("blue", "green", "red", "it has no colour at all"), 2),
+]
+
+
+def _naive_log_probs(model, tokenizer, question):
+    """Reference: score each choice by running the whole context + choice sequence."""
+    context = tokenizer(CONTEXT_FORMAT.format(question=question.question), add_special_tokens=False)["input_ids"]
+    scores = []
+    for choice in question.choices:
+        continuation = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([context + continuation])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(ids).logits[0].float(), -1)
+        scores.append(sum(float(log_probs[len(context) + i - 1, t]) for i, t in enumerate(continuation)))
+    return scores
+
+
+def test_shared_context_scoring_matches_naive_scoring(tiny):
+    model, tokenizer = tiny
+    samples, speed = score_questions(model, tokenizer, QUESTIONS, batch_size=2)
+    for question, sample in zip(QUESTIONS, samples):
+        assert sample["log_probs"] == pytest.approx(_naive_log_probs(model, tokenizer, question), abs=1e-3)
+    assert speed["questions"] == 3
+
+
+def test_accuracy_aggregates_from_samples():
+    samples = [
+        {"eval": "capability", "category": "a", "correct": True, "correct_norm": False},
+        {"eval": "capability", "category": "a", "correct": False, "correct_norm": False},
+        {"eval": "capability", "category": "b", "correct": True, "correct_norm": True},
+    ]
+    result = aggregate_capability(samples)
+    assert result["accuracy"]["rate"] == pytest.approx(2 / 3)
+    assert result["accuracy_norm"]["rate"] == pytest.approx(1 / 3)
+    assert result["by_category"]["a"]["accuracy"]["count"] == 1
+    assert aggregate_capability([{"eval": "kl", "kl": 0.1}]) is None
+
+
+def test_kl_is_zero_for_an_untrained_adapter_and_positive_after_a_change(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
+    refs = [("a", tokenizer("hello there")["input_ids"], tokenizer(" general kenobi")["input_ids"])]
+    samples, _ = kl_to_base(model, refs, tokenizer.pad_token_id)
+    assert samples[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    samples, _ = kl_to_base(model, refs, tokenizer.pad_token_id)
+    assert samples[0]["kl"] > 1e-4
+    assert aggregate_kl(samples)["mean"] == pytest.approx(samples[0]["kl"])

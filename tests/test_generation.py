@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from tamperaudit.generation import generate, render_chat
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+PROMPTS = ["Tell me a story.", "What is two plus two?", "Write a short poem about the sea and the sky at night.", "Hi"]
+
+
+def _hf_greedy(model, tokenizer, prompt_ids, max_new_tokens, eos):
+    """Reference: transformers' generate, one prompt at a time, cut at the first stop token."""
+    out = []
+    for ids in prompt_ids:
+        tokens = model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        )[0, len(ids):].tolist()
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+        out.append(tokens)
+    return out
+
+
+def test_batched_greedy_matches_one_at_a_time_generate(tiny):
+    model, tokenizer = tiny
+    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    completions, stats = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=3)
+    reference = _hf_greedy(model, tokenizer, prompt_ids, 8, tokenizer.eos_token_id)
+    assert [list(c.tokens) for c in completions] == reference
+    assert stats.prompts == 4 and stats.generated_tokens >= sum(len(r) for r in reference)
+
+
+def test_rows_stop_at_their_own_end_token_and_others_continue(tiny):
+    model, tokenizer = tiny
+    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=4)
+    # Make the token that the first prompt emits third its end-of-turn token.
+    stop = free[0].tokens[2]
+    original = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = stop
+    try:
+        stopped, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=4)
+    finally:
+        model.generation_config.eos_token_id = original
+    reference = _hf_greedy(model, tokenizer, prompt_ids, 8, stop)
+    assert stopped[0].finished and len(stopped[0].tokens) == 2
+    assert [list(c.tokens) for c in stopped] == reference
+
+
+def test_order_of_results_follows_input_not_length_sorting(tiny):
+    model, tokenizer = tiny
+    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    forward, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=5, batch_size=1)
+    backward, _ = generate(model, tokenizer, prompt_ids[::-1], max_new_tokens=5, batch_size=1)
+    assert [c.tokens for c in forward] == [c.tokens for c in backward][::-1]
