@@ -1,0 +1,370 @@
+"""The attack: LoRA fine-tuning on chat data, with a checkpoint at every budget.
+
+Loss is on assistant tokens only, as in the fine-tuning attacks this reproduces
+(Qi et al. 2023; Lermen et al. 2023). A budget is a number of optimizer steps.
+At each budget the adapter, the optimizer state and ``train.json`` are written
+atomically, so an interrupted attack resumes from its last budget and produces
+the same weights as an uninterrupted one: the data order and dropout depend only
+on (seed, step), never on how many times the process started.
+
+Speed on CPU: the vocabulary head (a fifth of the model's FLOPs for Qwen2.5-0.5B)
+is applied only at labelled positions, and each optimizer step is split into
+micro-batches of similar length, which cuts padding and bounds memory.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from tamperaudit import faults, progress
+from tamperaudit.config import AttackSettings
+from tamperaudit.data import Conversation
+from tamperaudit.errors import UserError
+from tamperaudit.fileio import atomic_write_json, read_json
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """A tokenized conversation; ``labels`` is IGNORE outside assistant turns."""
+
+    id: str
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+    @property
+    def labelled(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_conversation(tokenizer: Any, conversation: Conversation, max_length: int) -> Example:
+    """Token ids and labels: each assistant turn (with its end-of-turn tokens) is labelled.
+
+    The template is rendered up to each assistant turn with the generation prompt,
+    and again through that turn; the tokens in between are the turn. A template that
+    rewrites earlier turns (so the prefix property fails) is reported, not guessed at.
+    """
+    messages = list(conversation.messages)
+    full = _chat_ids(tokenizer, messages, generation_prompt=False)
+    labels = [IGNORE] * len(full)
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _chat_ids(tokenizer, messages[:index], generation_prompt=True)
+        through = _chat_ids(tokenizer, messages[: index + 1], generation_prompt=False)
+        if full[: len(through)] != through or through[: len(before)] != before:
+            raise UserError(
+                f"conversation {conversation.id}: the model's chat template does not render turns as "
+                "prefixes of the whole conversation, so assistant tokens cannot be located"
+            )
+        labels[len(before) : len(through)] = through[len(before) :]
+    if len(full) > max_length:
+        raise UserError(
+            f"conversation {conversation.id} is {len(full)} tokens, over attack.max_length={max_length}; "
+            "shorten it or raise the limit"
+        )
+    return Example(conversation.id, tuple(full), tuple(labels))
+
+
+def lora_parameter_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def training_flops(
+    body_parameters: int, head_parameters: int, lora_parameters: int, tokens: int, labelled_tokens: int
+) -> float:
+    """Estimated FLOPs of LoRA training steps, the usual 2-FLOPs-per-weight-per-token count.
+
+    Forward: 2 x weights x tokens. Backward through frozen weights needs input
+    gradients only (2 x weights x tokens), not weight gradients. The vocabulary
+    head runs only at labelled positions. LoRA weights take the full 6 x count.
+    Attention score FLOPs are left out (small at these lengths).
+    """
+    return 4.0 * body_parameters * tokens + 4.0 * head_parameters * labelled_tokens + 6.0 * lora_parameters * tokens
+
+
+@dataclass
+class TrainState:
+    """What ``train.json`` records at a budget: cumulative counts since step 0."""
+
+    steps: int = 0
+    examples: int = 0
+    tokens: int = 0  # non-padding tokens processed
+    labelled_tokens: int = 0  # tokens that carried loss
+    seconds: float = 0.0
+    flops: float = 0.0  # estimated, see training_flops
+    losses: list[float] = field(default_factory=list)  # mean loss of each step
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "tokens": self.tokens,
+            "labelled_tokens": self.labelled_tokens,
+            "seconds": round(self.seconds, 3),
+            "flops": self.flops,
+            "losses": [round(x, 6) for x in self.losses],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainState":
+        return cls(
+            steps=int(values["steps"]),
+            examples=int(values["examples"]),
+            tokens=int(values["tokens"]),
+            labelled_tokens=int(values["labelled_tokens"]),
+            seconds=float(values["seconds"]),
+            flops=float(values["flops"]),
+            losses=[float(x) for x in values["losses"]],
+        )
+
+
+def example_order(count: int, seed: int, step: int, batch_size: int) -> list[int]:
+    """Indices of the examples in optimizer step ``step`` (0-based).
+
+    The stream is a fresh permutation per epoch seeded by (seed, epoch), cut into
+    consecutive batches that may straddle epochs; it depends on nothing else.
+    """
+    start = step * batch_size
+    indices = []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, count)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        indices.append(int(torch.randperm(count, generator=generator)[offset]))
+    return indices
+
+
+def micro_batches(examples: Sequence[Example], token_limit: int) -> list[list[Example]]:
+    """Group a step's examples by length so each padded micro-batch holds <= token_limit tokens."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    groups: list[list[Example]] = []
+    current: list[Example] = []
+    for example in ordered:
+        width = len(example.input_ids)  # sorted ascending: the newest is the widest
+        if current and width * (len(current) + 1) > token_limit:
+            groups.append(current)
+            current = []
+        current.append(example)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _collate(batch: list[Example], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):  # right padding for training
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def labelled_loss_sum(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over labelled positions, with the head applied only there."""
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != IGNORE
+    logits = head(hidden[:, :-1][selected]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="sum")
+    return loss, int(selected.sum())
+
+
+# --- optimizer state without pickle -------------------------------------------------------
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for index, param in enumerate(optimizer.param_groups[0]["params"]):
+        state = optimizer.state.get(param, {})
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = value.detach().reshape(-1).clone() if key == "step" else value.detach().clone()
+    return tensors
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    for index, param in enumerate(optimizer.param_groups[0]["params"]):
+        state = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            name = f"{index}.{key}"
+            if name in tensors:
+                value = tensors[name]
+                state[key] = value.reshape(()) if key == "step" else value.to(param.device)
+        if state:
+            optimizer.state[param] = state
+
+
+# --- the trainer -----------------------------------------------------------------------------
+
+ADAPTER_DIR = "adapter"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAIN_FILE = "train.json"
+
+
+@dataclass
+class Checkpoint:
+    budget: int
+    folder: Path
+    state: TrainState
+
+
+class LoraAttack:
+    """Owns the PEFT-wrapped model during training and writes budget checkpoints."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: AttackSettings, device: torch.device) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.device = device
+        targets: Any = settings.target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        config = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(settings.seed)  # LoRA A matrices are drawn at wrapping time
+        try:
+            self.model = get_peft_model(model, config)
+        except ValueError as error:
+            raise UserError(f"attack.target_modules: {error}") from None
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        head = self.model.get_output_embeddings().weight.numel()
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        embedding = self.model.get_input_embeddings().weight.numel()
+        tied = self.model.get_output_embeddings().weight is self.model.get_input_embeddings().weight
+        # body: every frozen weight that multiplies activations (not the embedding lookup, not the head)
+        self.body_parameters = frozen - embedding - (0 if tied else head)
+        self.head_parameters = head
+        self.lora_parameters = sum(p.numel() for p in self.parameters)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+
+    def learning_rate(self, step: int) -> float:
+        warmup = self.settings.warmup_steps
+        if warmup and step < warmup:
+            return self.settings.learning_rate * (step + 1) / warmup
+        return self.settings.learning_rate
+
+    def save(self, folder: Path, state: TrainState) -> None:
+        """Adapter, optimizer state and train.json; train.json last, as the completion mark."""
+        from safetensors.torch import save_file
+
+        staging = folder / f".{ADAPTER_DIR}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save_pretrained(staging, safe_serialization=True)
+        shutil.rmtree(folder / ADAPTER_DIR, ignore_errors=True)
+        staging.replace(folder / ADAPTER_DIR)
+        temporary = folder / f".{OPTIMIZER_FILE}.tmp"
+        save_file(_optimizer_tensors(self.optimizer), str(temporary))
+        temporary.replace(folder / OPTIMIZER_FILE)
+        atomic_write_json(folder / TRAIN_FILE, state.as_dict())
+
+    def restore(self, folder: Path) -> TrainState:
+        """Load adapter weights and optimizer state written by ``save``."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.model, weights)
+        _load_optimizer_tensors(self.optimizer, load_file(str(folder / OPTIMIZER_FILE)))
+        return TrainState.from_dict(read_json(folder / TRAIN_FILE))
+
+    def run(
+        self,
+        examples: Sequence[Example],
+        budgets: Sequence[int],
+        folder_for: Callable[[int], Path],
+        resume_from: Checkpoint | None = None,
+        micro_batch_tokens: int = 2048,
+    ) -> list[Checkpoint]:
+        """Train to the largest budget, saving at each; return the checkpoints written."""
+        settings = self.settings
+        targets = sorted(b for b in budgets if b > 0)
+        state = TrainState()
+        if resume_from is not None:
+            state = self.restore(resume_from.folder)
+        written: list[Checkpoint] = []
+        pad_id = self.tokenizer.pad_token_id
+        self.model.train()
+        total = targets[-1] if targets else 0
+        with progress.bar(total=total, initial=state.steps, desc="attack training", unit="step") as bar:
+            for budget in targets:
+                if budget <= state.steps:
+                    continue
+                while state.steps < budget:
+                    started = time.perf_counter()
+                    batch = [examples[i] for i in example_order(len(examples), settings.seed, state.steps, settings.batch_size)]
+                    loss = self._step(batch, state.steps, pad_id, micro_batch_tokens)
+                    state.steps += 1
+                    state.examples += len(batch)
+                    state.tokens += sum(len(e.input_ids) for e in batch)
+                    state.labelled_tokens += sum(e.labelled for e in batch)
+                    state.flops += training_flops(
+                        self.body_parameters,
+                        self.head_parameters,
+                        self.lora_parameters,
+                        sum(len(e.input_ids) for e in batch),
+                        sum(e.labelled for e in batch),
+                    )
+                    state.losses.append(loss)
+                    state.seconds += time.perf_counter() - started
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    bar.update(1)
+                folder = folder_for(budget)
+                self.save(folder, state)
+                written.append(Checkpoint(budget, folder, TrainState.from_dict(state.as_dict())))
+        self.model.eval()
+        return written
+
+    def _step(self, batch: list[Example], step: int, pad_id: int, micro_batch_tokens: int) -> float:
+        torch.manual_seed(self.settings.seed * 1_000_003 + step)  # dropout depends on the step only
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        labelled = sum(e.labelled for e in batch)
+        if labelled == 0:
+            raise UserError("a training batch has no assistant tokens to learn from")
+        total = 0.0
+        for group in micro_batches(batch, micro_batch_tokens):
+            ids, labels, mask = _collate(group, pad_id, self.device)
+            loss_sum, _ = labelled_loss_sum(self.model, ids, labels, mask)
+            (loss_sum / labelled).backward()
+            total += float(loss_sum.detach())
+        faults.checkpoint(f"train-step-{step + 1}")
+        self.optimizer.step()
+        loss = total / labelled
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged at step {step + 1} (loss {loss}); lower attack.learning_rate")
+        return loss
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    """Put a saved budget's adapter weights into the PEFT-wrapped model in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors")))
