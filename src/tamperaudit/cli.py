@@ -1,0 +1,178 @@
+"""Command line: ``tamperaudit audit | eval | resume | config | models``.
+
+``main(argv) -> int``. Errors a user can cause end in one line on stderr and exit
+code 2; an interrupted run says how to resume it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tamperaudit import __version__, progress
+from tamperaudit.config import Settings, parse_assignment, resolve, to_toml
+from tamperaudit.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budgets must be whole numbers of steps separated by commas, got {text!r}") from None
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
+    parser.add_argument("--model", help="built-in model name, Hugging Face folder or .gguf file (default: qwen2.5-coder-0.5b-instruct)")
+    parser.add_argument("--config", type=Path, help="TOML file of settings (see `tamperaudit config`)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting, e.g. --set attack.learning_rate=1e-4 (repeatable)")
+    parser.add_argument("--harmful", help="harmful-prompt JSONL file instead of the built-in set")
+    parser.add_argument("--benign", help="benign look-risky prompt JSONL file instead of the built-in set")
+    parser.add_argument("--capability", help="multiple-choice JSONL file instead of the built-in set")
+    parser.add_argument("--out", type=Path, help="run folder to create (default: runs/<model>-<time>)")
+    parser.add_argument("--attack", help="attack: identity-shift (default), benign, or a chat JSONL file")
+    if attack:
+        parser.add_argument("--budgets", type=_budgets, help="optimizer steps to measure at, e.g. 0,5,10,20")
+        parser.add_argument("--seed", type=int, help="seed of the attack (data order, LoRA init, dropout)")
+        parser.add_argument("--learning-rate", type=float, help="attack learning rate")
+        parser.add_argument("--keep-adapters", action="store_true", default=None, help="keep each budget's LoRA adapter after measuring it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tamperaudit",
+        description="Measure how cheaply LoRA fine-tuning removes a chat model's refusals, and what it costs its capability.",
+    )
+    parser.add_argument("--version", action="version", version=f"tamperaudit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    audit = commands.add_parser("audit", help="baseline eval, attack at several budgets, eval at each, report")
+    _add_settings_flags(audit, attack=True)
+    evaluate = commands.add_parser("eval", help="scorecard of one model (optionally with a LoRA adapter), no attack")
+    _add_settings_flags(evaluate, attack=False)
+    evaluate.add_argument("--adapter", type=Path, help="PEFT adapter folder (safetensors) to evaluate on top of the model")
+    resume = commands.add_parser("resume", help="finish an interrupted audit")
+    resume.add_argument("run", type=Path, help="the run folder")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    show = commands.add_parser("config", help="print every setting with its help, resolved from defaults, file, env and flags")
+    show.add_argument("--config", type=Path, help="TOML file of settings")
+    show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    commands.add_parser("models", help="list the built-in models and whether they are installed")
+    return parser
+
+
+FLAG_TO_SETTING = {
+    "model": ("model", "name"),
+    "attack": ("attack", "data"),
+    "budgets": ("attack", "budgets"),
+    "seed": ("attack", "seed"),
+    "learning_rate": ("attack", "learning_rate"),
+    "keep_adapters": ("attack", "keep_adapters"),
+    "harmful": ("eval", "harmful"),
+    "benign": ("eval", "benign"),
+    "capability": ("eval", "capability"),
+}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {}
+    for assignment in getattr(args, "set", []):
+        section, key, value = parse_assignment(assignment)
+        overrides.setdefault(section, {})[key] = value
+    for flag, (section, key) in FLAG_TO_SETTING.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return resolve(getattr(args, "config", None), os.environ, overrides)
+
+
+def _default_out(settings: Settings, kind: str) -> Path:
+    model = Path(settings.model.name).name.removesuffix(".gguf")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{model}-{kind}-{stamp}"
+
+
+def _print_report(root: Path) -> None:
+    from tamperaudit.fileio import read_json
+
+    report = read_json(root / "report.json")
+    for line in report["summary"]:
+        print(f"- {line}")
+    print(f"report: {root / 'report.md'} (also report.html, report.json)")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from tamperaudit.pipeline import start_audit
+
+    settings = settings_from(args)
+    args.out = args.out or _default_out(settings, "audit")  # named now so an interruption can cite it
+    root = start_audit(settings, args.out)
+    _print_report(root)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tamperaudit.pipeline import resume_audit
+
+    root = resume_audit(args.run)
+    _print_report(root)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tamperaudit.pipeline import run_eval
+    from tamperaudit.report.render import scorecard_lines
+
+    settings = settings_from(args)
+    root, metrics = run_eval(settings, args.out or _default_out(settings, "eval"), args.adapter)
+    for line in scorecard_lines(metrics):
+        print(f"- {line}")
+    print(f"samples and metrics: {root}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(to_toml(settings_from(args)), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tamperaudit.models import BUILTIN_MODELS, builtin_part_paths
+
+    for model in BUILTIN_MODELS.values():
+        try:
+            builtin_part_paths(model)
+            state = "installed"
+        except UserError:
+            state = f"not installed: {model.install}"
+        print(f"{model.name}: {model.description}; {model.license}; {state}")
+    return 0
+
+
+COMMANDS = {"audit": cmd_audit, "eval": cmd_eval, "resume": cmd_resume, "config": cmd_config, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    progress.set_quiet(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"tamperaudit: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        run = getattr(args, "out", None) or getattr(args, "run", None)
+        hint = f"; finish it with `tamperaudit resume {run}`" if run else ""
+        print(f"tamperaudit: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    sys.exit(main())

