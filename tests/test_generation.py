@@ -62,3 +62,22 @@ def test_order_of_results_follows_input_not_length_sorting(tiny):
     forward, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=5, batch_size=1)
     backward, _ = generate(model, tokenizer, prompt_ids[::-1], max_new_tokens=5, batch_size=1)
     assert [c.tokens for c in forward] == [c.tokens for c in backward][::-1]
+
+
+def test_a_long_shared_system_prompt_is_computed_once_and_changes_nothing(tiny):
+    from tamperaudit.generation import common_prefix_length
+
+    model, tokenizer = tiny
+    system = {"role": "system", "content": "You are a careful assistant who answers in one short sentence."}
+    prompt_ids = [render_chat(tokenizer, [system, {"role": "user", "content": p}]) for p in PROMPTS]
+    assert common_prefix_length(prompt_ids) > 10
+    completions, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=6, batch_size=4)
+    assert [list(c.tokens) for c in completions] == _hf_greedy(model, tokenizer, prompt_ids, 6, tokenizer.eos_token_id)
+
+
+def test_common_prefix_length():
+    from tamperaudit.generation import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[5], [6]]) == 0
+    assert common_prefix_length([]) == 0

@@ -1,9 +1,11 @@
 """Greedy generation for the refusal evals: batched by length, rows retired at end of turn.
 
-The loop is ours rather than ``model.generate`` for two reasons measured on CPU:
+The loop is ours rather than ``model.generate`` for three reasons measured on CPU:
 rows that finish (most refusals take ten tokens) leave the batch at once instead
-of being computed as padding until the longest row ends, and prompts are sorted
-by length so that batches carry little left padding. Greedy decoding gives the
+of being computed as padding until the longest row ends; the prefix every prompt
+shares (the chat template's system block, or an attack's system prompt) is
+computed once per batch instead of once per row; and prompts are sorted by length
+so that batches carry little padding. Greedy decoding gives the
 same tokens as ``generate(do_sample=False)`` on the same batch (tested).
 """
 
@@ -74,25 +76,50 @@ def with_cache(model: Any, cache: Any) -> dict[str, Any]:
     return {_cache_keyword(type(base)): cache, "use_cache": True}
 
 
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all prompts share (the chat template's system block)."""
+    if not prompts:
+        return 0
+    first, length = prompts[0], min(len(p) for p in prompts)
+    for other in prompts[1:]:
+        while length and list(other[:length]) != list(first[:length]):
+            length -= 1
+    return length
+
+
 @torch.inference_mode()
 def _generate_batch(
-    model: Any, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
+    model: Any, prompts: list[list[int]], prefix_length: int, max_new_tokens: int, stop_ids: set[int], pad_id: int
 ) -> list[tuple[list[int], bool]]:
+    """Greedy decoding of one batch.
+
+    Layout: the shared prefix is computed once and its cache copied to every row;
+    each row's own suffix follows, left-padded so that all rows end together
+    (padding sits between prefix and suffix and is masked). Each row stops at its
+    own end-of-turn token and leaves the batch.
+    """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):  # left padding: every row ends at the same column
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention[row, width - len(prompt) :] = 1
-    input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    rows = len(prompts)
+    prefix = torch.tensor(prompts[0][:prefix_length], device=device).unsqueeze(0)
+    suffixes = [p[prefix_length:] for p in prompts]
+    width = max(len(s) for s in suffixes)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+        suffix_mask[row, width - len(suffix) :] = 1
+    input_ids, suffix_mask = input_ids.to(device), suffix_mask.to(device)
     cache = DynamicCache()
+    if prefix_length:
+        model(input_ids=prefix, logits_to_keep=1, **with_cache(model, cache))
+        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=device))
+    attention = torch.cat([suffix_mask.new_ones((rows, prefix_length)), suffix_mask], dim=-1)
+    positions = prefix_length + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
     outputs: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
-    active = torch.arange(len(prompts), device=device)  # original row of each batch row
+    finished = [False] * rows
+    active = torch.arange(rows, device=device)  # original row of each batch row
     stop = torch.tensor(sorted(stop_ids), device=device)
     step_input, step_positions = input_ids, positions
     for _ in range(max_new_tokens):
@@ -105,7 +132,7 @@ def _generate_batch(
         ).logits[:, -1, :]
         next_tokens = logits.argmax(dim=-1)
         done = torch.isin(next_tokens, stop)
-        for batch_row, (row, token, is_done) in enumerate(zip(active.tolist(), next_tokens.tolist(), done.tolist())):
+        for row, token, is_done in zip(active.tolist(), next_tokens.tolist(), done.tolist()):
             if is_done:
                 finished[row] = True
             else:
@@ -120,7 +147,7 @@ def _generate_batch(
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
         step_positions = step_positions[:, -1:] + 1
         step_input = next_tokens.unsqueeze(-1)
-    return [(outputs[row], finished[row]) for row in range(len(prompts))]
+    return [(outputs[row], finished[row]) for row in range(rows)]
 
 
 def generate(
@@ -133,6 +160,8 @@ def generate(
 ) -> tuple[list[Completion], GenerationStats]:
     """Greedy completions for token-id prompts, in the order given."""
     stop_ids = stop_token_ids(tokenizer, model)
+    # Keep at least one token per prompt outside the prefix: it is the step that predicts.
+    prefix_length = max(0, min(common_prefix_length(prompts), min((len(p) for p in prompts), default=1) - 1))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Completion] = {}
     stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts))
@@ -141,7 +170,7 @@ def generate(
         for begin in range(0, len(order), batch_size):
             indices = order[begin : begin + batch_size]
             batch = _generate_batch(
-                model, [list(prompts[i]) for i in indices], max_new_tokens, stop_ids, tokenizer.pad_token_id
+                model, [list(prompts[i]) for i in indices], prefix_length, max_new_tokens, stop_ids, tokenizer.pad_token_id
             )
             for index, (tokens, finished) in zip(indices, batch):
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
