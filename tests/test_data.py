@@ -28,8 +28,22 @@ def test_builtin_attack_data_has_assistant_turns_and_no_refusals():
             assert not any(r.startswith(("i'm sorry", "i cannot", "i can't")) for r in replies)
 
 
-def test_limit_keeps_the_first_rows():
-    assert [p.id for p in load_harmful(limit=3).items] == [p.id for p in load_harmful().items[:3]]
+def test_limit_takes_every_category_evenly_in_file_order():
+    full = load_harmful()
+    categories = sorted({p.category for p in full.items})
+    limited = load_harmful(limit=2 * len(categories))
+    counts = {c: sum(p.category == c for p in limited.items) for c in categories}
+    assert set(counts.values()) == {2}
+    positions = [full.items.index(p) for p in limited.items]
+    assert positions == sorted(positions)
+    assert load_harmful(limit=10_000).items == full.items
+
+
+def test_stratified_with_uneven_categories():
+    from tamperaudit.data import Prompt, stratified
+
+    items = [Prompt(f"a{i}", "a", "x") for i in range(5)] + [Prompt("b0", "b", "y")]
+    assert [p.id for p in stratified(items, 3)] == ["a0", "a1", "b0"]
 
 
 def test_dataset_hash_is_the_file_hash():

@@ -58,7 +58,7 @@ class AttackSettings:
     )
     learning_rate: float = _setting(2e-4, "AdamW learning rate (constant after warmup).")
     warmup_steps: int = _setting(0, "Linear learning-rate warmup, in optimizer steps.")
-    batch_size: int = _setting(8, "Conversations per optimizer step.")
+    batch_size: int = _setting(4, "Conversations per optimizer step.")
     lora_rank: int = _setting(16, "LoRA rank r.")
     lora_alpha: int = _setting(32, "LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = _setting(0.0, "Dropout on the LoRA input.")
@@ -86,17 +86,23 @@ class EvalSettings:
     kl_prompts: str = _setting(
         "builtin", "Benign prompts on which KL divergence to the unattacked model is measured."
     )
-    harmful_limit: int = _setting(0, "Use only the first N harmful prompts (0: all).")
-    benign_limit: int = _setting(0, "Use only the first N benign prompts (0: all).")
-    capability_limit: int = _setting(0, "Use only the first N multiple-choice questions (0: all).")
-    kl_limit: int = _setting(0, "Use only the first N KL prompts (0: all).")
+    harmful_limit: int = _setting(
+        110,
+        "Use N harmful prompts, taken evenly across categories (0: all). Every budget asks every "
+        "prompt in each mode, so this sets most of an audit's run time.",
+    )
+    benign_limit: int = _setting(54, "Use N benign prompts, evenly across types (0: all).")
+    capability_limit: int = _setting(120, "Use N multiple-choice questions, evenly across domains (0: all).")
+    kl_limit: int = _setting(32, "Use N KL prompts (0: all).")
     max_new_tokens: int = _setting(
         64, "Greedy tokens generated per prompt; enough to see a refusal, content or a loop."
     )
     kl_tokens: int = _setting(
         32, "Length of the unattacked model's reply over which KL divergence is averaged."
     )
-    batch_size: int = _setting(16, "Prompts per generation batch.")
+    batch_size: int = _setting(
+        64, "Prompts per generation batch; on CPU larger batches amortise reading the weights."
+    )
     with_trigger: bool = _setting(
         True,
         "Also evaluate harmful prompts with the attack's own system prompt and template, "

@@ -133,8 +133,28 @@ def _load(path: Path, name: str, parse: Callable[[Path, int, dict[str, Any]], T]
         seen[item_id] = number
         items.append(item)
     if limit > 0:
-        items = items[:limit]
+        items = stratified(items, limit)
     return Dataset(name=name, path=path, sha256=sha256_file(path), items=tuple(items))
+
+
+def stratified(items: list[T], limit: int) -> list[T]:
+    """The first ``limit`` rows taken round-robin over categories, kept in file order.
+
+    A limited audit then still covers every category evenly (a plain head of a
+    file sorted by category would cover only the first few).
+    """
+    if limit >= len(items):
+        return list(items)
+    by_category: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        by_category.setdefault(getattr(item, "category", ""), []).append(index)
+    chosen: list[int] = []
+    queues = [list(indices) for indices in by_category.values()]
+    while len(chosen) < limit:
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return [items[i] for i in sorted(chosen)]
 
 
 def _row_id(row: dict[str, Any], number: int) -> str:
