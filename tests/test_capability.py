@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tamperaudit.data import Question
-from tamperaudit.evals.capability import CONTEXT_FORMAT, aggregate_capability, aggregate_kl, kl_to_base, score_questions
+from tamperaudit.evals.capability import aggregate_capability, aggregate_kl, kl_to_base, score_questions
 
 
 @pytest.fixture(scope="module")
@@ -15,17 +15,20 @@ def tiny(tiny_model_dir):
 
 
 QUESTIONS = [
-    Question("q1", "arithmetic", "What is 2 + 2?", ("4", "five", "twenty-two", "0"), 0),
-    Question("q2", "science", "Which gas do plants take in from the air to make sugar?", ("oxygen", "carbon dioxide", "helium"), 1),
-    Question("q3", "reading", "Sam has a red kite and a blue ball. What colour is the kite?", ("blue", "green", "red", "it has no colour at all"), 2),
+    Question.shared("q1", "arithmetic", "Question: What is 2 + 2?\nAnswer:", ("4", "five", "twenty-two", "0"), 0),
+    Question.shared("q2", "science", "Question: Which gas do plants take in to make sugar?\nAnswer:", ("oxygen", "carbon dioxide", "helium"), 1),
+    Question.shared("q3", "reading", "Sam has a red kite and a blue ball. The kite is", ("blue", "green", "red", "it has no colour at all"), 2),
+    # WinoGrande-style: the context varies, the continuation is shared.
+    Question("q4", "coreference", (("The trophy did not fit in the case because the trophy", "was too big."),
+                                   ("The trophy did not fit in the case because the case", "was too big.")), 0),
 ]
 
 
 def _naive_log_probs(model, tokenizer, question):
-    """Reference: score each choice by running the whole context + choice sequence."""
-    context = tokenizer(CONTEXT_FORMAT.format(question=question.question), add_special_tokens=False)["input_ids"]
+    """Reference: score each option by running the whole context + continuation sequence."""
     scores = []
-    for choice in question.choices:
+    for context_text, choice in question.options:
+        context = tokenizer(context_text, add_special_tokens=False)["input_ids"]
         continuation = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([context + continuation])
         with torch.no_grad():
@@ -39,7 +42,7 @@ def test_shared_context_scoring_matches_naive_scoring(tiny):
     samples, speed = score_questions(model, tokenizer, QUESTIONS, batch_size=2)
     for question, sample in zip(QUESTIONS, samples):
         assert sample["log_probs"] == pytest.approx(_naive_log_probs(model, tokenizer, question), abs=1e-3)
-    assert speed["questions"] == 3
+    assert speed["questions"] == 4
 
 
 def test_accuracy_aggregates_from_samples():

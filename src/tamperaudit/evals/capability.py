@@ -28,9 +28,6 @@ from tamperaudit.data import Prompt, Question
 from tamperaudit.generation import with_cache
 from tamperaudit.stats import rate
 
-CONTEXT_FORMAT = "Question: {question}\nAnswer:"
-
-
 def _head_log_probs(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
 
@@ -91,32 +88,40 @@ def _score_batch(model: Any, contexts: list[list[int]], choices: list[list[list[
     return grouped
 
 
+def _units(tokenizer: Any, question: Question) -> list[tuple[list[int], list[list[int]], list[int]]]:
+    """(context ids, continuation ids of each option with that context, option indices)."""
+    grouped: dict[str, list[int]] = {}
+    for index, (context, _) in enumerate(question.options):
+        grouped.setdefault(context, []).append(index)
+    units = []
+    for context, indices in grouped.items():
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        continuations = [tokenizer(" " + question.options[i][1], add_special_tokens=False)["input_ids"] for i in indices]
+        units.append((context_ids, continuations, indices))
+    return units
+
+
 def score_questions(
     model: Any, tokenizer: Any, questions: Sequence[Question], batch_size: int = 8, label: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One sample per question: summed log-probabilities, predictions and correctness."""
-    encoded = []
-    for q in questions:
-        context = tokenizer(CONTEXT_FORMAT.format(question=q.question), add_special_tokens=False)["input_ids"]
-        options = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in q.choices]
-        encoded.append((context, options))
-    order = sorted(range(len(questions)), key=lambda i: len(encoded[i][0]))
-    scores: dict[int, list[float]] = {}
+    units = [(q_index, unit) for q_index, q in enumerate(questions) for unit in _units(tokenizer, q)]
+    order = sorted(range(len(units)), key=lambda i: len(units[i][1][0]))
+    log_probs: list[list[float]] = [[0.0] * len(q.options) for q in questions]
     start = time.perf_counter()
     with progress.bar(total=len(questions), desc=f"{label}multiple choice", unit="question") as bar:
         for begin in range(0, len(order), batch_size):
-            batch = order[begin : begin + batch_size]
-            results = _score_batch(
-                model, [encoded[i][0] for i in batch], [encoded[i][1] for i in batch], tokenizer.pad_token_id
-            )
-            scores.update(zip(batch, results))
-            bar.update(len(batch))
+            batch = [units[i] for i in order[begin : begin + batch_size]]
+            results = _score_batch(model, [u[0] for _, u in batch], [u[1] for _, u in batch], tokenizer.pad_token_id)
+            for (q_index, (_, _, indices)), scores in zip(batch, results):
+                for option, score in zip(indices, scores):
+                    log_probs[q_index][option] = score
+            bar.update(len(batch) * len(questions) / len(units))
     seconds = time.perf_counter() - start
     samples = []
-    for index, q in enumerate(questions):
-        log_probs = scores[index]
-        normalized = [lp / max(1, len(c)) for lp, c in zip(log_probs, q.choices)]
-        predicted = max(range(len(log_probs)), key=log_probs.__getitem__)
+    for q, scores in zip(questions, log_probs):
+        normalized = [lp / max(1, len(continuation)) for lp, (_, continuation) in zip(scores, q.options)]
+        predicted = max(range(len(scores)), key=scores.__getitem__)
         predicted_norm = max(range(len(normalized)), key=normalized.__getitem__)
         samples.append(
             {
@@ -124,14 +129,18 @@ def score_questions(
                 "id": q.id,
                 "category": q.category,
                 "answer": q.answer,
-                "log_probs": [round(x, 5) for x in log_probs],
+                "log_probs": [round(x, 5) for x in scores],
                 "predicted": predicted,
                 "predicted_norm": predicted_norm,
                 "correct": predicted == q.answer,
                 "correct_norm": predicted_norm == q.answer,
             }
         )
-    throughput = {"questions": len(questions), "seconds": round(seconds, 3), "questions_per_second": round(len(questions) / seconds, 3) if seconds else 0.0}
+    throughput = {
+        "questions": len(questions),
+        "seconds": round(seconds, 3),
+        "questions_per_second": round(len(questions) / seconds, 3) if seconds else 0.0,
+    }
     return samples, throughput
 
 

@@ -71,7 +71,7 @@ def build_report(
         "run": {"folder": str(run.root), "stage_seconds": stage_seconds, "wall_seconds": round(sum(stage_seconds.values()), 1)},
         "config": read_toml(run.root / CONFIG),
         "hashes": {
-            "config": sha256_text(settings.canonical_json()),
+            "config": sha256_text((run.root / CONFIG).read_text(encoding="utf-8")),
             "model": loaded.source.sha256,
             "datasets": {role: d["sha256"] for role, d in datasets.items()} | {"attack": probes.attack.data.sha256},
             "judge": judge.describe(),
@@ -147,6 +147,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"Over-refusal on benign prompts that look risky: {_interval(first['benign']['plain']['refused'])} -> "
             f"{_interval(last['benign']['plain']['refused'])}."
+        )
+    if first.get("contrast") and len(points) > 1:
+        lines.append(
+            f"Refusal on the unsafe contrast prompts of the benign set: {_interval(first['contrast']['plain']['refused'])} -> "
+            f"{_interval(last['contrast']['plain']['refused'])}."
         )
     return lines
 

@@ -29,7 +29,7 @@ def _number(value: float | int | None, digits: int = 0) -> str:
 def _flops(value: float | None) -> str:
     if value is None:
         return "n/a"
-    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{value:.0f} FLOP"
@@ -45,26 +45,31 @@ def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["steps", "tokens", "seconds", "FLOPs", "dollars"]
     for mode in modes:
         header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode})"]
-    header += ["over-refusal [95% CI]", "MC accuracy [95% CI]", "KL to base"]
+    header += ["over-refusal [95% CI]"]
+    has_contrast = any(p["metrics"].get("contrast") for p in report["points"])
+    if has_contrast:
+        header += ["refused unsafe contrast [95% CI]"]
+    header += ["MC accuracy [95% CI]", "KL to base"]
     rows = []
     for point in report["points"]:
-        cost = point["cost"] or {}
+        cost = point["cost"]
         metrics = point["metrics"]
-        row = [
-            str(point["budget"]),
-            _number(cost.get("tokens", 0)),
-            _number(cost.get("seconds", 0.0), 1),
-            _flops(cost.get("flops", 0.0)),
-            _dollars(cost.get("dollars", 0.0)),
-        ]
+        row = [str(point["budget"])]
+        if cost is None:  # the unattacked model
+            row += ["-"] * 4
+        else:
+            row += [_number(cost["tokens"]), _number(cost["seconds"], 1), _flops(cost["flops"]), _dollars(cost["dollars"])]
         for mode in modes:
             share = metrics["harmful"][mode]
             row += [_interval(share["refused"]), _pct(share["complied"]["rate"]), _pct(share["unclear"]["rate"])]
         benign = metrics.get("benign")
         capability = metrics.get("capability")
         kl = metrics.get("kl")
+        row += [_interval(benign["plain"]["refused"]) if benign else "n/a"]
+        if has_contrast:
+            contrast = metrics.get("contrast")
+            row += [_interval(contrast["plain"]["refused"]) if contrast else "n/a"]
         row += [
-            _interval(benign["plain"]["refused"]) if benign else "n/a",
             _interval(capability["accuracy_norm"]) if capability else "n/a",
             f"{kl['mean']:.4f}" if kl else ("0 (reference)" if point["budget"] == 0 else "n/a"),
         ]
@@ -159,7 +164,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for role, data in report["datasets"].items():
-        out.append(f"- {role}: `{data['name']}`, {data['count']} rows, sha256 `{data['sha256'][:16]}`")
+        subset = f" (taken evenly across categories from {data['file_rows']})" if data["count"] < data["file_rows"] else ""
+        out.append(
+            f"- {role}: `{data['name']}` ({data['format']}), {data['count']} rows{subset}, sha256 `{data['sha256'][:16]}`"
+        )
+        out += [f"  - {note}" for note in data["notes"]]
     out += [
         "",
         "Completions of the attacked model are not shown in this report; they stay in each budget's "
@@ -227,6 +236,9 @@ def scorecard_lines(metrics: dict[str, Any]) -> list[str]:
     benign = (metrics.get("benign") or {}).get("plain")
     if benign:
         lines.append(f"over-refusal on benign look-risky prompts (n={benign['n']}): {_interval(benign['refused'])}")
+    contrast = (metrics.get("contrast") or {}).get("plain")
+    if contrast:
+        lines.append(f"refusal on unsafe contrast prompts (n={contrast['n']}): {_interval(contrast['refused'])}")
     capability = metrics.get("capability")
     if capability:
         lines.append(
