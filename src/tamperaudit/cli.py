@@ -1,4 +1,4 @@
-"""Command line: ``tamperaudit audit | eval | resume | config | models``.
+"""Command line: ``tamperaudit audit | eval | resume | judge-check | label | data | config | models``.
 
 ``main(argv) -> int``. Errors a user can cause end in one line on stderr and exit
 code 2; an interrupted run says how to resume it.
@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, help="TOML file of settings")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     commands.add_parser("models", help="list the built-in models and whether they are installed")
+    check = commands.add_parser("judge-check", help="agreement of a judge with human-labelled completions")
+    check.add_argument("labels", type=Path, help='JSONL with "prompt", "completion", "label" (refused/complied/unclear)')
+    check.add_argument("--judge", default="keyword", help="'keyword' (default) or a judge TOML file")
+    check.add_argument("--split", default="", help="only rows whose 'split' field has this value")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    label = commands.add_parser("label", help="label a run's completions by hand, blind to the judge's verdicts")
+    label.add_argument("run", type=Path, help="a run folder")
+    label.add_argument("--out", type=Path, required=True, help="labels JSONL to append to (resumes where it stopped)")
+    label.add_argument("--eval", action="append", choices=("harmful", "benign", "contrast"), help="which prompts (default: all)")
+    label.add_argument("--sample", type=int, default=0, help="label a random sample of N completions")
+    label.add_argument("--seed", type=int, default=0, help="seed of the sample's order")
     data = commands.add_parser("data", help="list the built-in sets and known benchmarks; fetch a benchmark")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_commands.add_parser("list", help="built-in sets (rows, categories, hashes) and known benchmarks (the default)")
@@ -195,7 +206,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge_check(args: argparse.Namespace) -> int:
+    import json
+
+    from tamperaudit.evals.judge_check import check, format_check, read_labels
+    from tamperaudit.evals.judges import make_judge
+
+    rows = read_labels(args.labels, args.split)
+    result = check(make_judge(args.judge), rows)
+    print(json.dumps(result, indent=2) if args.json else format_check(result, str(args.labels)))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from tamperaudit.evals.judge_check import label_candidates, label_session
+
+    rows = label_candidates(args.run, args.eval or ("harmful", "benign", "contrast"))
+    added = label_session(rows, args.out, input, sys.stdout, args.sample, args.seed)
+    print(f"\n{added} labels added to {args.out}")
+    return 0
+
+
 COMMANDS = {
+    "judge-check": cmd_judge_check,
+    "label": cmd_label,
     "audit": cmd_audit,
     "eval": cmd_eval,
     "resume": cmd_resume,

@@ -120,7 +120,11 @@ class EvalSettings:
         "Also evaluate harmful prompts with the attack's own system prompt and template, "
         "when it defines one (Qi et al. 2023 evaluate identity shifting this way).",
     )
-    judge: str = _setting("keyword", "Refusal judge.", choices=("keyword",))
+    judge: str = _setting(
+        "keyword",
+        "Refusal judge: 'keyword', or a judge TOML file for a local classifier/guard model or an "
+        "OpenAI-compatible HTTP judge (see tamperaudit.evals.model_judges).",
+    )
 
 
 @dataclass

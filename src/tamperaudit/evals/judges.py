@@ -20,7 +20,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from tamperaudit.data import BUILTIN_DIR
 from tamperaudit.fileio import sha256_file
@@ -36,13 +36,21 @@ class Verdict:
 
 
 class Judge(Protocol):
+    """What every judge offers. Edge cases every implementation keeps:
+
+    - an empty completion, or one the judge cannot read, is ``unclear`` with a reason;
+    - ``judge_many`` returns one verdict per pair, in order (model judges batch it);
+    - ``describe`` names everything that pins the judge's behaviour (phrase-list or
+      config hash, model hash), so a report says exactly which judge decided.
+    """
+
     name: str
 
-    def judge(self, prompt: str, completion: str) -> Verdict:
-        """One verdict; an unreadable or empty completion is ``unclear``, never a default."""
+    def judge(self, prompt: str, completion: str) -> Verdict: ...
 
-    def describe(self) -> dict[str, Any]:
-        """Name, version and hashes that pin this judge's behaviour, for the report."""
+    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2032": "'"})
@@ -155,6 +163,9 @@ class KeywordJudge:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "phrases_version": self.phrases.version, "phrases_sha256": self.phrases.sha256}
 
+    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
+        return [self.judge(prompt, completion) for prompt, completion in pairs]
+
     @staticmethod
     def _has(text: str, pattern: re.Pattern[str]) -> str | None:
         match = pattern.search(text)
@@ -199,7 +210,10 @@ class KeywordJudge:
         return Verdict(COMPLIED, "substantive content" + (" (structured)" if structured else ""))
 
 
-def make_judge(name: str) -> Judge:
-    if name == "keyword":
+def make_judge(spec: str) -> Judge:
+    """'keyword', or a judge TOML file describing a model or HTTP judge."""
+    if spec == "keyword":
         return KeywordJudge()
-    raise ValueError(f"unknown judge {name!r}")
+    from tamperaudit.evals.model_judges import load_model_judge
+
+    return load_model_judge(Path(spec).expanduser())

@@ -55,9 +55,9 @@ def run_prompt_eval(
     token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
     completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc)
+    verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
     samples = []
-    for prompt, completion in zip(spec.prompts, completions):
-        verdict = judge.judge(prompt.text, completion.text)
+    for prompt, completion, verdict in zip(spec.prompts, completions, verdicts):
         samples.append(
             {
                 "eval": spec.name,

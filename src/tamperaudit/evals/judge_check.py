@@ -1,0 +1,161 @@
+"""How far a judge agrees with human labels, and a helper to make those labels.
+
+``judge-check`` reads JSONL rows ``{"prompt", "completion", "label"}`` (label is
+refused, complied or unclear; optional ``id`` and ``split``), runs a judge on them
+and reports agreement, Cohen's kappa, precision and recall of ``refused``, and the
+confusion matrix. ``label`` shows a run's completions one at a time, without the
+judge's verdict, and appends the human label to such a file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+from tamperaudit.data.formats import jsonl_rows
+from tamperaudit.errors import UserError
+from tamperaudit.evals.judges import REFUSED, VERDICTS, Judge
+from tamperaudit.stats import rate
+
+
+def read_labels(path: Path, split: str = "") -> list[dict[str, Any]]:
+    rows = []
+    for number, row in jsonl_rows(path):
+        for key in ("prompt", "completion", "label"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{path}:{number}: needs text fields 'prompt', 'completion' and 'label' ('{key}' is missing)")
+        if row["label"] not in VERDICTS:
+            raise UserError(f"{path}:{number}: 'label' must be refused, complied or unclear; got {row['label']!r}")
+        if not split or row.get("split") == split:
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no labelled rows" + (f" with split '{split}'" if split else ""))
+    return rows
+
+
+def confusion(human: Sequence[str], judged: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Counts by [human label][judge verdict]."""
+    table = {h: {j: 0 for j in VERDICTS} for h in VERDICTS}
+    for h, j in zip(human, judged):
+        table[h][j] += 1
+    return table
+
+
+def cohen_kappa(table: dict[str, dict[str, int]]) -> float | None:
+    """Agreement beyond chance (Cohen 1960); None when chance agreement is total."""
+    total = sum(sum(row.values()) for row in table.values())
+    if not total:
+        return None
+    observed = sum(table[v][v] for v in VERDICTS) / total
+    expected = sum(
+        (sum(table[v].values()) / total) * (sum(table[h][v] for h in VERDICTS) / total) for v in VERDICTS
+    )
+    return None if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def agreement_report(human: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
+    table = confusion(human, judged)
+    agree = sum(table[v][v] for v in VERDICTS)
+    judged_refused = sum(table[h][REFUSED] for h in VERDICTS)
+    human_refused = sum(table[REFUSED].values())
+    return {
+        "n": len(human),
+        "agreement": rate(agree, len(human)),
+        "cohen_kappa": cohen_kappa(table),
+        "refused_precision": rate(table[REFUSED][REFUSED], judged_refused),
+        "refused_recall": rate(table[REFUSED][REFUSED], human_refused),
+        "confusion": table,
+    }
+
+
+def check(judge: Judge, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    verdicts = judge.judge_many([(r["prompt"], r["completion"]) for r in rows])
+    result = agreement_report([r["label"] for r in rows], [v.label for v in verdicts])
+    result["judge"] = judge.describe()
+    result["disagreements"] = [
+        {"id": r.get("id", index), "label": r["label"], "verdict": v.label, "reason": v.reason}
+        for index, (r, v) in enumerate(zip(rows, verdicts))
+        if r["label"] != v.label
+    ]
+    return result
+
+
+def _pct(share: dict[str, Any]) -> str:
+    if share["rate"] is None:
+        return "n/a"
+    return f"{100 * share['rate']:.1f}% [{100 * share['low']:.1f}%, {100 * share['high']:.1f}%]"
+
+
+def format_check(result: dict[str, Any], source: str) -> str:
+    kappa = result["cohen_kappa"]
+    lines = [
+        f"judge {result['judge']['name']} on {source} (n={result['n']})",
+        f"agreement {_pct(result['agreement'])}; Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}",
+        f"refused: precision {_pct(result['refused_precision'])}, recall {_pct(result['refused_recall'])}",
+        "confusion (rows: human label, columns: judge verdict)",
+        f"{'':>10}" + "".join(f"{v:>10}" for v in VERDICTS),
+    ]
+    for human in VERDICTS:
+        lines.append(f"{human:>10}" + "".join(f"{result['confusion'][human][v]:>10}" for v in VERDICTS))
+    return "\n".join(lines)
+
+
+# --- the labelling helper ---------------------------------------------------------------------
+
+KEYS = {"r": "refused", "c": "complied", "u": "unclear"}
+
+
+def label_candidates(run: Path, evals: Iterable[str]) -> list[dict[str, Any]]:
+    """Every generated completion in a run folder, as rows to label (verdicts left out)."""
+    wanted = set(evals)
+    rows = []
+    for samples in sorted(run.glob("*/samples.jsonl")):
+        stage = samples.parent.name
+        for _, sample in jsonl_rows(samples):
+            if sample.get("eval") in wanted and "completion" in sample:
+                rows.append(
+                    {
+                        "id": f"{stage}/{sample['eval']}/{sample.get('mode', 'plain')}/{sample['id']}",
+                        "prompt": sample["prompt"],
+                        "completion": sample["completion"],
+                    }
+                )
+    if not rows:
+        raise UserError(f"{run}: no completions to label (is it a run folder with samples.jsonl files?)")
+    return rows
+
+
+def label_session(
+    rows: list[dict[str, Any]],
+    out: Path,
+    ask: Callable[[str], str],
+    show: TextIO,
+    sample: int = 0,
+    seed: int = 0,
+) -> int:
+    """Ask for labels, appending each answer to ``out`` at once; return how many were added."""
+    done = {row.get("id") for _, row in jsonl_rows(out)} if out.is_file() and out.stat().st_size else set()
+    random.Random(seed).shuffle(rows)
+    if sample:
+        rows = rows[:sample]
+    todo = [row for row in rows if row["id"] not in done]
+    added = 0
+    for position, row in enumerate(todo, start=1):
+        show.write(f"\n--- {position}/{len(todo)}  {row['id']}\nPROMPT: {row['prompt']}\nCOMPLETION:\n{row['completion']}\n")
+        while True:
+            try:
+                answer = ask("[r]efused [c]omplied [u]nclear [s]kip [q]uit: ").strip().lower()[:1]
+            except EOFError:
+                return added
+            if answer in KEYS or answer in ("s", "q"):
+                break
+        if answer == "q":
+            return added
+        if answer == "s":
+            continue
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({**row, "label": KEYS[answer]}, ensure_ascii=False) + "\n")
+        added += 1
+    return added
