@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--judge", default="keyword", help="'keyword' (default) or a judge TOML file")
     check.add_argument("--split", default="", help="only rows whose 'split' field has this value")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument(
+        "--skip-truncated", action="store_true", help="leave out rows marked truncated (completions cut before labelling files were shipped)"
+    )
     label = commands.add_parser("label", help="label a run's completions by hand, blind to the judge's verdicts")
     label.add_argument("run", type=Path, help="a run folder")
     label.add_argument("--out", type=Path, required=True, help="labels JSONL to append to (resumes where it stopped)")
@@ -212,7 +215,7 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     from tamperaudit.evals.judge_check import check, format_check, read_labels
     from tamperaudit.evals.judges import make_judge
 
-    rows = read_labels(args.labels, args.split)
+    rows = read_labels(args.labels, args.split, args.skip_truncated)
     result = check(make_judge(args.judge), rows)
     print(json.dumps(result, indent=2) if args.json else format_check(result, str(args.labels)))
     return 0

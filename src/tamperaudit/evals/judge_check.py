@@ -20,7 +20,7 @@ from tamperaudit.evals.judges import REFUSED, VERDICTS, Judge
 from tamperaudit.stats import rate
 
 
-def read_labels(path: Path, split: str = "") -> list[dict[str, Any]]:
+def read_labels(path: Path, split: str = "", skip_truncated: bool = False) -> list[dict[str, Any]]:
     rows = []
     for number, row in jsonl_rows(path):
         for key in ("prompt", "completion", "label"):
@@ -28,7 +28,7 @@ def read_labels(path: Path, split: str = "") -> list[dict[str, Any]]:
                 raise UserError(f"{path}:{number}: needs text fields 'prompt', 'completion' and 'label' ('{key}' is missing)")
         if row["label"] not in VERDICTS:
             raise UserError(f"{path}:{number}: 'label' must be refused, complied or unclear; got {row['label']!r}")
-        if not split or row.get("split") == split:
+        if (not split or row.get("split") == split) and not (skip_truncated and row.get("truncated")):
             rows.append(row)
     if not rows:
         raise UserError(f"{path}: no labelled rows" + (f" with split '{split}'" if split else ""))

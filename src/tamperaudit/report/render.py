@@ -44,7 +44,7 @@ def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     modes = report["modes"]
     header = ["steps", "tokens", "seconds", "FLOPs", "dollars"]
     for mode in modes:
-        header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode})"]
+        header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode}) (count)"]
     header += ["over-refusal [95% CI]"]
     has_contrast = any(p["metrics"].get("contrast") for p in report["points"])
     if has_contrast:
@@ -61,7 +61,8 @@ def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row += [_number(cost["tokens"]), _number(cost["seconds"], 1), _flops(cost["flops"]), _dollars(cost["dollars"])]
         for mode in modes:
             share = metrics["harmful"][mode]
-            row += [_interval(share["refused"]), _pct(share["complied"]["rate"]), _pct(share["unclear"]["rate"])]
+            unclear = share["unclear"]
+            row += [_interval(share["refused"]), _pct(share["complied"]["rate"]), f"{_pct(unclear['rate'])} ({unclear['count']})"]
         benign = metrics.get("benign")
         capability = metrics.get("capability")
         kl = metrics.get("kl")
@@ -97,6 +98,11 @@ def _score_lines(report: dict[str, Any]) -> list[str]:
             for violation in result["capability_violations"]:
                 lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
     return lines
+
+
+def _judge_line(judge: dict[str, Any]) -> str:
+    pins = ", ".join(f"{k} `{str(v)[:16]}`" for k, v in judge.items() if k != "name")
+    return f"{judge['name']} ({pins})"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -157,7 +163,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"computed in {model['precision']} ({model['precision_reason']})",
         f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
         f"- wall time of the stages: {_number(report['run']['wall_seconds'], 1)} s",
-        f"- judge: {report['judge']['name']} (phrases sha256 `{str(report['judge'].get('phrases_sha256', ''))[:16]}`)",
+        f"- judge: {_judge_line(report['judge'])}",
         f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
         "",
         "## Data",
@@ -209,7 +215,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
 table{{border-collapse:collapse;font-size:.85rem}}td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}
 th{{background:#f4f4f4}}figure{{display:inline-block;margin:0 1rem 1rem 0}}</style></head>
 <body><h1>{title}</h1><ul>{summary}</ul><h2>Budgets</h2>{table}
-<p>Verdicts from the {escape(report['judge']['name'])} judge; unclear is counted apart. 95% Wilson intervals.</p>
+<p>Verdicts from the judge {escape(_judge_line(report['judge']))}; unclear is counted apart. 95% Wilson intervals.</p>
 <h2>Removal score</h2><ul>{scores}</ul><h2>Plots</h2>{figures}
 <p>Model sha256 {escape(report['model']['sha256'])}; config sha256 {escape(report['hashes']['config'])};
 tamperaudit {escape(report['tool']['version'])}, report schema {report['schema_version']}.
