@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tamperaudit.data import Question
-from tamperaudit.evals.capability import aggregate_capability, aggregate_kl, kl_to_base, score_questions
+from tamperaudit.evals.capability import BaseDistributions, aggregate_capability, aggregate_kl, kl_to_base, score_questions
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,13 @@ def test_kl_is_zero_for_an_untrained_adapter_and_positive_after_a_change(tiny_mo
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
     refs = [("a", tokenizer("hello there")["input_ids"], tokenizer(" general kenobi")["input_ids"])]
-    samples, _ = kl_to_base(model, refs, tokenizer.pad_token_id)
+    base = BaseDistributions(refs)
+    samples, _ = kl_to_base(model, base, tokenizer.pad_token_id)
     assert samples[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    samples, _ = kl_to_base(model, refs, tokenizer.pad_token_id)
+    samples, _ = kl_to_base(model, base, tokenizer.pad_token_id)  # the base distributions are reused
     assert samples[0]["kl"] > 1e-4
     assert aggregate_kl(samples)["mean"] == pytest.approx(samples[0]["kl"])

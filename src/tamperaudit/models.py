@@ -307,11 +307,16 @@ def load(spec: str, precision: str = "auto", threads: int = 0) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
     embedding = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     info = {
         "parameters": params,
         "embedding_parameters": embedding,
+        "head_parameters": head,
+        # weights every token's forward pass multiplies: all but the embedding lookup and the head
+        "body_parameters": params - embedding - (0 if tied else head),
         "architecture": type(model).__name__,
         "vocab_size": int(model.config.vocab_size),
         "layers": int(getattr(model.config, "num_hidden_layers", 0)),

@@ -16,7 +16,14 @@ from tamperaudit.attack import ADAPTER_DIR, OPTIMIZER_FILE, TRAIN_FILE, Checkpoi
 from tamperaudit.config import Settings, from_dict, read_toml, to_toml
 from tamperaudit.errors import UserError
 from tamperaudit.data import Attack, Dataset, Prompt, Question, load_attack, load_benign, load_capability, load_harmful, load_kl_prompts
-from tamperaudit.evals.capability import aggregate_capability, aggregate_kl, kl_to_base, reference_replies, score_questions
+from tamperaudit.evals.capability import (
+    BaseDistributions,
+    aggregate_capability,
+    aggregate_kl,
+    kl_to_base,
+    reference_replies,
+    score_questions,
+)
 from tamperaudit.evals.judges import Judge, make_judge
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verdicts, run_prompt_eval
 from tamperaudit.fileio import read_json, sha256_text
@@ -108,7 +115,7 @@ def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[
 
 
 def evaluate(
-    ctx: Context, model: Any, stage: str, label: str, references: list[tuple[str, list[int], list[int]]] | None
+    ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every eval on one model state. Without references (the unattacked model) it records
     its replies to the KL prompts; with them it measures KL to the adapter-disabled model."""
@@ -117,10 +124,10 @@ def evaluate(
     faults.checkpoint(f"eval-{stage}")
     mc, mc_speed = score_questions(model, ctx.tokenizer, ctx.probes.capability.items, label=label)
     throughput = {"generation": generation, "multiple_choice": mc_speed}
-    if references is None:
+    if base is None:
         extra, _ = reference_replies(model, ctx.tokenizer, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
     else:
-        extra, throughput["kl"] = kl_to_base(model, references, ctx.tokenizer.pad_token_id, label=label)
+        extra, throughput["kl"] = kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)
     samples += mc + extra
     return samples, _metrics(samples, throughput)
 
@@ -166,7 +173,7 @@ def stage_attack(ctx: Context, attacker: LoraAttack) -> None:
     ctx.run.mark(ATTACK_STAGE, DONE, seconds=final["seconds"])  # summed over restarts
 
 
-def stage_budget(ctx: Context, attacker: LoraAttack, budget: int, references: list[tuple[str, list[int], list[int]]]) -> None:
+def stage_budget(ctx: Context, attacker: LoraAttack, budget: int, base: BaseDistributions) -> None:
     """Evaluate one budget's adapter with the same prompts as the baseline."""
     name = budget_folder_name(budget)
     folder = ctx.run.root / name
@@ -177,7 +184,7 @@ def stage_budget(ctx: Context, attacker: LoraAttack, budget: int, references: li
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
     load_adapter_weights(attacker.model, folder)
-    samples, metrics = evaluate(ctx, attacker.model, name, f"{budget} steps: ", references)
+    samples, metrics = evaluate(ctx, attacker.model, name, f"{budget} steps: ", base)
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
     if not ctx.settings.attack.keep_adapters:
@@ -209,9 +216,9 @@ def execute(ctx: Context) -> Path:
     if budgets:
         attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, ctx.settings.attack, ctx.loaded.device)
         stage_attack(ctx, attacker)
-        references = _references(ctx.run)
+        base = BaseDistributions(_references(ctx.run))
         for budget in budgets:
-            stage_budget(ctx, attacker, budget, references)
+            stage_budget(ctx, attacker, budget, base)
     report = build_report(ctx.run, ctx.settings, ctx.loaded, ctx.probes, ctx.judge)
     write_report(ctx.run.root, report)
     return ctx.run.root
@@ -273,7 +280,7 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
     ctx = Context(settings, run, loaded, probes, judge)
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)
-    references = None
+    base = None
     model = loaded.model
     if adapter is not None:
         model = _load_user_adapter(model, adapter)
@@ -281,8 +288,8 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
             replies, _ = reference_replies(
                 model, ctx.tokenizer, probes.kl_prompts.items, settings.eval.kl_tokens, settings.eval.batch_size, "base: "
             )
-        references = [(s["id"], s["prompt_ids"], s["reply_ids"]) for s in replies]
-    samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", references)
+        base = BaseDistributions([(s["id"], s["prompt_ids"], s["reply_ids"]) for s in replies])
+    samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", base)
     run.write_results(EVAL_STAGE, samples, metrics)
     run.mark(EVAL_STAGE, DONE, seconds=time.perf_counter() - started)
     return run.root, metrics
