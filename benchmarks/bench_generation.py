@@ -1,0 +1,85 @@
+"""Refusal-eval generation: tamperaudit's batched greedy loop vs a naive loop.
+
+Baseline: what a user would write first, ``model.generate`` one prompt at a time,
+greedy, float32. Both paths get the same chat-templated prompts and the same
+token limit; the script checks that they give the same tokens and the same
+verdicts, and prints generated tokens/s and the ratio.
+
+    python benchmarks/bench_generation.py [--prompts 48] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import torch
+from common import arguments, load, matmul_peak_gflops, report, timed
+
+from tamperaudit.data import load_harmful
+from tamperaudit.evals.judges import KeywordJudge
+from tamperaudit.generation import common_prefix_length, generate, render_chat, stop_token_ids
+
+
+def naive(model, tokenizer, prompts, max_new_tokens):
+    stop = sorted(stop_token_ids(tokenizer, model))
+    out = []
+    with torch.inference_mode():
+        for ids in prompts:
+            tokens = model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
+            )[0, len(ids):].tolist()
+            cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
+            out.append(tokens[:cut])
+    return out
+
+
+def forward_flops(info, tokens, head_positions):
+    return 2.0 * info["body_parameters"] * tokens + 2.0 * info["head_parameters"] * head_positions
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    count = 8 if args.quick else args.prompts
+    loaded = load(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    items = load_harmful(limit=count).items
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": p.text}]) for p in items]
+    peak = matmul_peak_gflops()
+
+    reference, naive_seconds = timed(lambda: naive(model, tokenizer, prompts, args.max_new_tokens))
+    (ours, stats), our_seconds = timed(lambda: generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size))
+    naive_tokens = sum(len(r) + (len(r) < args.max_new_tokens) for r in reference)
+    our_tokens = stats.generated_tokens
+
+    judge = KeywordJudge()
+    same_tokens = sum(list(c.tokens) == r for c, r in zip(ours, reference))
+    naive_verdicts = [judge.judge(p.text, tokenizer.decode(r, skip_special_tokens=True)).label for p, r in zip(items, reference)]
+    our_verdicts = [judge.judge(p.text, c.text).label for p, c in zip(items, ours)]
+    same_verdicts = sum(a == b for a, b in zip(naive_verdicts, our_verdicts))
+
+    prompt_tokens = sum(len(p) for p in prompts)
+    prefix = common_prefix_length(prompts)
+    batches = -(-len(prompts) // args.batch_size)
+    naive_flops = forward_flops(loaded.info, prompt_tokens + naive_tokens, len(prompts) + naive_tokens)
+    our_flops = forward_flops(loaded.info, prompt_tokens - prefix * (len(prompts) - batches) + our_tokens, len(prompts) + our_tokens)
+    report(
+        f"generation, {len(prompts)} harmful prompts, greedy, {args.max_new_tokens} new tokens, {loaded.precision.name}",
+        [
+            {"name": "naive: generate(), one prompt at a time, fp32", "rate": naive_tokens / naive_seconds, "unit": "generated tokens/s", "seconds": naive_seconds, "gflops": naive_flops / naive_seconds / 1e9},
+            {"name": f"tamperaudit: batches of {args.batch_size}, shared prefix, rows retire", "rate": our_tokens / our_seconds, "unit": "generated tokens/s", "seconds": our_seconds, "gflops": our_flops / our_seconds / 1e9},
+        ],
+        peak,
+        {
+            "identical greedy tokens": f"{same_tokens}/{len(prompts)}",
+            "identical verdicts": f"{same_verdicts}/{len(prompts)}",
+            "precision": f"{loaded.precision.name} ({loaded.precision.reason})",
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
