@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from common import arguments, load, matmul_peak_gflops, report, timed
 
+from tamperaudit.config import EvalSettings
 from tamperaudit.data import load_harmful
 from tamperaudit.evals.judges import KeywordJudge
 from tamperaudit.generation import common_prefix_length, generate, render_chat, stop_token_ids
@@ -38,9 +39,10 @@ def forward_flops(info, tokens, head_positions):
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=48)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
+    defaults = EvalSettings()
+    parser.add_argument("--prompts", type=int, default=defaults.harmful_limit, help="default: the audit's harmful prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     args = parser.parse_args()
     count = 8 if args.quick else args.prompts
     loaded = load(args.model)
