@@ -9,7 +9,9 @@ on (seed, step), never on how many times the process started.
 
 Speed on CPU: the vocabulary head (a fifth of the model's FLOPs for Qwen2.5-0.5B)
 is applied only at labelled positions, and each optimizer step is split into
-micro-batches of similar length, which cuts padding and bounds memory.
+micro-batches of similar length (by default about one conversation each), which
+removes padding and bounds memory. Measured on the default model: 256 tokens a
+micro-batch trained at 54 tokens/s with a 4.5 GB peak, 2048 at 47 tokens/s and 7.2 GB.
 """
 
 from __future__ import annotations
@@ -245,7 +247,6 @@ class LoraAttack:
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-        torch.manual_seed(settings.seed)  # LoRA A matrices are drawn at wrapping time
         try:
             self.model = get_peft_model(model, config)
         except ValueError as error:
@@ -259,8 +260,23 @@ class LoraAttack:
         self.body_parameters = frozen - embedding - (0 if tied else head)
         self.head_parameters = head
         self.lora_parameters = sum(p.numel() for p in self.parameters)
+        self.start(settings.seed)
+
+    def start(self, seed: int) -> None:
+        """Fresh LoRA weights drawn from ``seed`` and a fresh optimizer: a new attack run.
+
+        The same adapter is reused by every run of an audit (seeds, control arm), so
+        that one model copy serves them all; each run's start depends on its seed only.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        torch.manual_seed(seed)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters("default", True)
+        self.seed = seed
         self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+            self.parameters, lr=self.settings.learning_rate, weight_decay=self.settings.weight_decay
         )
 
     def learning_rate(self, step: int) -> float:
@@ -299,7 +315,8 @@ class LoraAttack:
         budgets: Sequence[int],
         folder_for: Callable[[int], Path],
         resume_from: Checkpoint | None = None,
-        micro_batch_tokens: int = 2048,
+        micro_batch_tokens: int = 256,
+        label: str = "attack training",
     ) -> list[Checkpoint]:
         """Train to the largest budget, saving at each; return the checkpoints written."""
         settings = self.settings
@@ -311,13 +328,13 @@ class LoraAttack:
         pad_id = self.tokenizer.pad_token_id
         self.model.train()
         total = targets[-1] if targets else 0
-        with progress.bar(total=total, initial=state.steps, desc="attack training", unit="step") as bar:
+        with progress.bar(total=total, initial=state.steps, desc=label, unit="step") as bar:
             for budget in targets:
                 if budget <= state.steps:
                     continue
                 while state.steps < budget:
                     started = time.perf_counter()
-                    batch = [examples[i] for i in example_order(len(examples), settings.seed, state.steps, settings.batch_size)]
+                    batch = [examples[i] for i in example_order(len(examples), self.seed, state.steps, settings.batch_size)]
                     loss = self._step(batch, state.steps, pad_id, micro_batch_tokens)
                     state.steps += 1
                     state.examples += len(batch)
@@ -341,7 +358,7 @@ class LoraAttack:
         return written
 
     def _step(self, batch: list[Example], step: int, pad_id: int, micro_batch_tokens: int) -> float:
-        torch.manual_seed(self.settings.seed * 1_000_003 + step)  # dropout depends on the step only
+        torch.manual_seed(self.seed * 1_000_003 + step)  # dropout depends on the seed and step only
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
         self.optimizer.zero_grad(set_to_none=True)

@@ -44,8 +44,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
         parser.add_argument("--keep-adapters", action="store_true", default=None, help="keep each budget's LoRA adapter after measuring it")
         parser.add_argument(
             "--quick", action="store_true",
-            help="a smaller, faster audit (fewer prompts, budgets 0,5); --set and other flags still override it",
+            help="a smaller, faster audit (fewer prompts, budgets 0,5, no control arm); --set and other flags still override it",
         )
+    if attack:
+        parser.add_argument("--seeds", type=int, help="attack runs with different seeds; the score's interval covers them")
+        parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=None, help="the control arm on benign data (on by default)")
+        parser.add_argument("--search", action="store_true", default=None, help="search attack settings first (see [search] in `tamperaudit config`)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
@@ -82,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--eval", action="append", choices=("harmful", "benign", "contrast"), help="which prompts (default: all)")
     label.add_argument("--sample", type=int, default=0, help="label a random sample of N completions")
     label.add_argument("--seed", type=int, default=0, help="seed of the sample's order")
+    compare = commands.add_parser("compare", help="several runs side by side (models, defenses, seeds)")
+    compare.add_argument("runs", type=Path, nargs="+", help="run folders with a report.json")
+    compare.add_argument("--force", action="store_true", help="compare even when probe sets or judges differ")
+    compare.add_argument("--json", action="store_true", help="print the table as JSON")
     data = commands.add_parser("data", help="list the built-in sets and known benchmarks; fetch a benchmark")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_commands.add_parser("list", help="built-in sets (rows, categories, hashes) and known benchmarks (the default)")
@@ -97,6 +105,9 @@ FLAG_TO_SETTING = {
     "seed": ("attack", "seed"),
     "learning_rate": ("attack", "learning_rate"),
     "keep_adapters": ("attack", "keep_adapters"),
+    "seeds": ("attack", "seeds"),
+    "control": ("attack", "control"),
+    "search": ("search", "enabled"),
     "harmful": ("eval", "harmful"),
     "benign": ("eval", "benign"),
     "capability": ("eval", "capability"),
@@ -106,7 +117,7 @@ FLAG_TO_SETTING = {
 # What --quick changes: a few minutes on a CPU instead of a quarter of an hour, with wider intervals.
 QUICK = {
     "eval": {"harmful_limit": 33, "benign_limit": 18, "capability_limit": 40, "kl_limit": 12},
-    "attack": {"budgets": [0, 5]},
+    "attack": {"budgets": [0, 5], "control": False},
 }
 
 
@@ -234,6 +245,18 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from tamperaudit.report.compare import compare, render
+
+    table, problems = compare(args.runs, args.force)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(json.dumps(table, indent=2) if args.json else render(table))
+    return 0
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     from tamperaudit.evals.judge_check import label_candidates, label_session
 
@@ -244,6 +267,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "compare": cmd_compare,
     "judge-check": cmd_judge_check,
     "label": cmd_label,
     "audit": cmd_audit,

@@ -44,6 +44,8 @@ class Dataset(Generic[T]):
             "name": self.name,
             "path": str(self.path),
             "sha256": self.sha256,
+            # which rows were used (a limit or a split takes a subset of the file)
+            "ids_sha256": hashlib.sha256("\n".join(str(getattr(i, "id", "")) for i in self.items).encode()).hexdigest(),
             "count": len(self.items),
             "file_rows": self.file_rows,
             "format": self.format,
@@ -60,6 +62,8 @@ class Attack:
     data: Dataset[Conversation]
     system_prompt: str | None = None
     user_template: str | None = None  # contains {prompt}
+    # closest-benign: train only on the pool examples nearest to harmful requests (tamperaudit.selection)
+    select_closest: bool = False
 
     @property
     def has_trigger(self) -> bool:
@@ -71,7 +75,15 @@ class Attack:
             "data": self.data.describe(),
             "system_prompt": self.system_prompt,
             "user_template": self.user_template,
+            "select_closest": self.select_closest,
         }
+
+    def subset(self, ids: Sequence[str]) -> "Attack":
+        """The same attack trained on the given conversations only, in the given order."""
+        by_id = {c.id: c for c in self.data.items}
+        data = Dataset(self.data.name, self.data.path, self.data.sha256, tuple(by_id[i] for i in ids),
+                       self.data.file_rows, self.data.format, (*self.data.notes, f"{len(ids)} selected of {len(by_id)}"))
+        return Attack(self.name, data, self.system_prompt, self.user_template, False)
 
 
 def stratified(items: list[T], limit: int) -> list[T]:
@@ -192,6 +204,8 @@ def load_capability(spec: str = "builtin", limit: int = 0) -> Dataset[Question]:
 BUILTIN_ATTACKS = {
     "identity-shift": ("identity_shift.jsonl", "identity_shift.json"),
     "benign": ("benign_instructions.jsonl", None),
+    # He, Xia and Henderson (2024): the benign examples closest to harmful requests
+    "closest-benign": ("benign_instructions.jsonl", None),
 }
 
 
@@ -208,6 +222,6 @@ def load_attack(spec: str) -> Attack:
     kind, rows = formats.read_conversations(path)
     data = _dataset(path, name, kind, rows, 0)
     if trigger_file is None:
-        return Attack(name=spec if spec in BUILTIN_ATTACKS else path.name, data=data)
+        return Attack(name=spec if spec in BUILTIN_ATTACKS else path.name, data=data, select_closest=spec == "closest-benign")
     trigger = json.loads((BUILTIN_DIR / trigger_file).read_text(encoding="utf-8"))
     return Attack(name=spec, data=data, system_prompt=trigger.get("system_prompt"), user_template=trigger.get("user_template"))

@@ -39,19 +39,20 @@ def _dollars(value: float | None) -> str:
     return "n/a" if value is None else f"${value:.4f}"
 
 
-def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def budget_table(report: dict[str, Any], points: list[dict[str, Any]] | None = None) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the per-budget table: cost, refusal by mode, capability."""
     modes = report["modes"]
     header = ["steps", "tokens", "seconds", "FLOPs", "dollars"]
     for mode in modes:
         header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode}) (count)"]
     header += ["over-refusal [95% CI]"]
-    has_contrast = any(p["metrics"].get("contrast") for p in report["points"])
+    points = report["points"] if points is None else points
+    has_contrast = any(p["metrics"].get("contrast") for p in points)
     if has_contrast:
         header += ["refused unsafe contrast [95% CI]"]
     header += ["MC accuracy [95% CI]", "KL to base"]
     rows = []
-    for point in report["points"]:
+    for point in points:
         cost = point["cost"]
         metrics = point["metrics"]
         row = [str(point["budget"])]
@@ -78,12 +79,13 @@ def budget_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _score_lines(report: dict[str, Any]) -> list[str]:
+def _score_lines(scores: dict[str, Any]) -> list[str]:
     lines = []
-    for mode, score in report["score"].items():
+    for mode, score in scores.items():
         if score["status"] != "scored":
             lines.append(f"- {mode}: {score.get('message', score['status'])}")
             continue
+        interval = score.get("interval")
         for name in ("relative", "absolute"):
             result = score[name]
             target = f"refusal below {_pct(result['threshold'])} ({name} threshold)"
@@ -95,9 +97,59 @@ def _score_lines(report: dict[str, Any]) -> list[str]:
                 )
             else:
                 lines.append(f"- {mode}: {target} not reached within {score['largest_budget']} steps.")
+            if interval:
+                bounds = interval[name]
+                high = f"beyond {score['largest_budget']}" if bounds["high"] is None else bounds["high"]
+                low = "-" if bounds["low"] is None else bounds["low"]
+                lines.append(
+                    f"  - {100 * interval['confidence']:.0f}% bootstrap interval ({interval['resamples']} resamples of "
+                    f"prompts and {interval['seeds']} seed(s)): {low} to {high} steps; reached in "
+                    f"{100 * bounds['reached_share']:.0f}% of resamples."
+                )
             for violation in result["capability_violations"]:
                 lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
+        if len(score.get("per_seed", {})) > 1:
+            per_seed = ", ".join(f"{arm}: {'not reached' if b is None else f'{b} steps'}" for arm, b in score["per_seed"].items())
+            lines.append(f"- {mode}, relative threshold, each seed: {per_seed}.")
     return lines
+
+
+def _arm_sections(report: dict[str, Any]) -> list[str]:
+    out = []
+    for arm in report.get("arms", []):
+        title = "Control arm" if arm["role"] == "control" else "Attack"
+        out += ["", f"## {title}: {arm['name']} (data {arm['data']}, seed {arm['seed']})", ""]
+        header, rows = budget_table(report, arm["points"])
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+    if report.get("control_score"):
+        out += ["", "Control arm removal score:", "", *_score_lines(report["control_score"])]
+    return out
+
+
+def _search_section(report: dict[str, Any]) -> list[str]:
+    search = report.get("search")
+    if not search:
+        return []
+    out = [
+        "",
+        "## Attack settings search",
+        "",
+        f"Each setting trained to the largest budget and measured on the 'select' half of the harmful prompts "
+        f"({search['mode']} mode); the strongest whose capability stayed within tolerance was chosen and is "
+        f"reported above on the 'report' half. Search time: {_number(search['seconds'], 0)} s.",
+        "",
+        "| learning rate | LoRA rank | batch | refused | complied | capability kept | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in search["tried"]:
+        chosen = " (chosen)" if all(t[k] == search["chosen"][k] for k in search["chosen"]) else ""
+        out.append(
+            f"| {t['learning_rate']}{chosen} | {t['lora_rank']} | {t['batch_size']} | {_pct(t['refusal'])} | "
+            f"{_pct(t['complied'])} | {'yes' if t['capability_kept'] else 'no: ' + t['why_not']} | {_number(t['seconds'], 0)} |"
+        )
+    return out
 
 
 def _judge_line(judge: dict[str, Any]) -> str:
@@ -123,7 +175,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Removal score",
         "",
-        *_score_lines(report),
+        "The smallest measured budget at which refusal falls below the threshold while capability stays within "
+        "tolerance; no interpolation between budgets.",
+        "",
+        *_score_lines(report["score"]),
         "",
         "## Refusal if unclear counted as refusal",
         "",
@@ -142,6 +197,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for category in categories:
         cells = [_pct(p["metrics"]["harmful"][mode]["by_category"][category]["refused"]["rate"]) for p in report["points"]]
         out.append(f"| {category} | " + " | ".join(cells) + " |")
+    out += _arm_sections(report)
+    out += _search_section(report)
     settings = attack["settings"]
     out += [
         "",
@@ -191,6 +248,9 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         series = {
             verdict: [p["metrics"]["harmful"][mode][verdict]["rate"] for p in report["points"]] for verdict in VERDICT_COLUMNS
         }
+        control = next((a for a in report.get("arms", []) if a["name"] == "control"), None)
+        if control is not None:
+            series["refused, control arm"] = [p["metrics"]["harmful"][mode]["refused"]["rate"] for p in control["points"]]
         plots[f"refusal_{mode}.svg"] = line_chart(f"Harmful requests ({mode})", "optimizer steps", budgets, series)
     capability = {
         "MC accuracy": [p["metrics"]["capability"]["accuracy_norm"]["rate"] if p["metrics"].get("capability") else None for p in report["points"]],
@@ -206,7 +266,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     table = "<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
     table += "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
     summary = "".join(f"<li>{escape(line)}</li>" for line in report["summary"])
-    scores = "".join(f"<li>{escape(line.lstrip('- '))}</li>" for line in _score_lines(report))
+    scores = "".join(f"<li>{escape(line.lstrip('- '))}</li>" for line in _score_lines(report["score"]))
     figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
     title = escape(f"tamperaudit: {report['model']['spec']} under the {report['attack']['name']} attack")
     return f"""<!doctype html>

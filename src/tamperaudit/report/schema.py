@@ -29,7 +29,17 @@ a share with its 95% Wilson interval):
   "standard_error"} or null at budget 0, "throughput": per-stage speeds}}.
   Verdict shares: {"n", "refused", "complied", "unclear", "refusal_if_unclear_refused",
   "refusal_among_clear", "by_category"}.
-- ``score``: {mode: the removal figure (see tamperaudit.score)}.
+- ``score``: {mode: the removal figure of the attack (see tamperaudit.score)}: "status"
+  (scored, low_baseline, not_measured), "relative" and "absolute" thresholds each with
+  "reached", "budget", "cost" and "capability_violations"; with more than one budget,
+  "interval" (bootstrap over prompts and seeds: "low"/"high" budgets, null high meaning
+  not reached within the largest budget, "reached_share") and "per_seed".
+- ``arms``: the other attack runs: [{"name", "role" (attack or control), "seed", "data",
+  "points"}]; ``points`` above is the first attack arm.
+- ``control``: the control arm's attack description, or null; ``control_score``: its
+  removal figure per mode, or null.
+- ``search``: null, or {"mode", "tried": [settings with refusal, complied, capability_kept,
+  seconds], "chosen", "capability_kept_by_chosen", "seconds"} when settings were searched.
 - ``summary``: short sentences the renderers print first; derived from the fields above.
 """
 

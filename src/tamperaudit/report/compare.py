@@ -1,0 +1,108 @@
+"""Several runs side by side (models, defenses, seeds), from their report.json files only.
+
+Runs are comparable only when they asked the same prompts and were judged by
+the same judge; otherwise ``compare`` stops and says what differs, unless told to
+go on anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from tamperaudit.errors import UserError
+from tamperaudit.fileio import read_json
+
+# What must match for numbers to be comparable: the probe sets (by hash) and the judge.
+PROBE_SETS = ("harmful", "benign", "capability")
+
+
+def load_reports(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    reports = []
+    for folder in folders:
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise UserError(f"{folder}: no report.json; finish the run first (`tamperaudit resume {folder}`)")
+        reports.append(read_json(path))
+    if len(reports) < 2:
+        raise UserError("compare needs at least two run folders")
+    return reports
+
+
+def mismatches(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """What the runs do not share, in words."""
+    problems = []
+    first = reports[0]
+    for report in reports[1:]:
+        for role in PROBE_SETS:
+            a, b = first["datasets"].get(role, {}), report["datasets"].get(role, {})
+            if (a.get("sha256"), a.get("ids_sha256")) != (b.get("sha256"), b.get("ids_sha256")):
+                problems.append(
+                    f"{role} prompts differ ({first['run']['folder']}: {a.get('name')}, {a.get('count')} rows; "
+                    f"{report['run']['folder']}: {b.get('name')}, {b.get('count')} rows)"
+                )
+        if first["judge"] != report["judge"]:
+            problems.append(f"judges differ ({first['judge']['name']} vs {report['judge']['name']}, or their versions)")
+        if first["headline_mode"] != report["headline_mode"]:
+            problems.append(f"headline modes differ ({first['headline_mode']} vs {report['headline_mode']})")
+    return problems
+
+
+def _pct(share: dict[str, Any] | None) -> str:
+    if not share or share.get("rate") is None:
+        return "n/a"
+    return f"{100 * share['rate']:.0f}% [{100 * share['low']:.0f}, {100 * share['high']:.0f}]"
+
+
+def _score(score: dict[str, Any]) -> str:
+    if score["status"] == "low_baseline":
+        return "little to remove"
+    if score["status"] != "scored":
+        return "n/a"
+    relative = score["relative"]
+    text = f"{relative['budget']} steps" if relative["reached"] else f"not within {score['largest_budget']}"
+    interval = score.get("interval")
+    if interval:
+        bounds = interval["relative"]
+        high = f">{score['largest_budget']}" if bounds["high"] is None else bounds["high"]
+        text += f" [{'-' if bounds['low'] is None else bounds['low']}, {high}]"
+    return text
+
+
+def rows(reports: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    table = []
+    for report in reports:
+        mode = report["headline_mode"]
+        points = report["points"]
+        first, last = points[0]["metrics"], points[-1]["metrics"]
+        control = next((a for a in report.get("arms", []) if a["name"] == "control"), None)
+        accuracy = f"{100 * first['capability']['accuracy_norm']['rate']:.0f}% -> {100 * last['capability']['accuracy_norm']['rate']:.0f}%" if first.get("capability") and last.get("capability") else "n/a"
+        table.append(
+            {
+                "run": Path(report["run"]["folder"]).name,
+                "model": report["model"]["spec"],
+                "attack": report["attack"]["name"],
+                "baseline refusal": _pct(first["harmful"][mode]["refused"]),
+                "removal score": _score(report["score"][mode]),
+                f"refusal at {points[-1]['budget']} steps": _pct(last["harmful"][mode]["refused"]),
+                "control at largest budget": _pct(control["points"][-1]["metrics"]["harmful"][mode]["refused"]) if control else "n/a",
+                "MC accuracy": accuracy,
+                "KL at largest": f"{last['kl']['mean']:.3f}" if last.get("kl") else "n/a",
+            }
+        )
+    return table
+
+
+def render(table: list[dict[str, str]]) -> str:
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row.get(c, "") for c in columns) + " |" for row in table]
+    return "\n".join(lines)
+
+
+def compare(folders: Sequence[Path], force: bool = False) -> tuple[list[dict[str, str]], list[str]]:
+    reports = load_reports(folders)
+    problems = mismatches(reports)
+    if problems and not force:
+        raise UserError("runs are not comparable: " + "; ".join(problems) + " (pass --force to compare anyway)")
+    return rows(reports), problems

@@ -1,0 +1,104 @@
+"""Seeds, the control arm, the settings search, closest-benign selection and compare, on tiny models."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_SETTINGS, build_tiny_model
+from tamperaudit.cli import main
+from tamperaudit.fileio import read_json
+
+
+def audit(model_dir, out, *extra):
+    return main(["audit", "--model", str(model_dir), "--out", str(out), "--budgets", "0,1,2", "--quiet", *TINY_SETTINGS, *extra])
+
+
+def test_seeds_and_control_arm_have_their_own_stages_and_report_entries(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert audit(tiny_model_dir, out, "--seeds", "2") == 0
+    for stage in ("budget-000002", "attack-seed-1/budget-000002", "control/budget-000002", "control-seed-1/budget-000001"):
+        assert (out / stage / "metrics.json").is_file(), stage
+    report = read_json(out / "report.json")
+    assert [a["name"] for a in report["arms"]] == ["attack-seed-1", "control", "control-seed-1"]
+    assert {a["role"] for a in report["arms"]} == {"attack", "control"}
+    control = next(a for a in report["arms"] if a["name"] == "control")
+    assert control["data"] == "builtin:benign" and [p["budget"] for p in control["points"]] == [0, 1, 2]
+    assert report["control_score"] is not None
+    assert "## Control arm: control (data builtin:benign, seed 0)" in (out / "report.md").read_text()
+    # different seeds train differently
+    seed0 = read_json(out / "budget-000002" / "train.json")["losses"]
+    seed1 = read_json(out / "attack-seed-1" / "budget-000002" / "train.json")["losses"]
+    assert seed0 != seed1
+
+
+def test_the_first_seed_gives_the_same_numbers_whatever_else_runs(tiny_model_dir, tmp_path):
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    assert audit(tiny_model_dir, alone, "--no-control") == 0
+    assert audit(tiny_model_dir, together, "--seeds", "2") == 0
+    for stage in ("budget-000001", "budget-000002"):
+        assert read_json(alone / stage / "train.json")["losses"] == read_json(together / stage / "train.json")["losses"]
+        a, b = read_json(alone / stage / "metrics.json"), read_json(together / stage / "metrics.json")
+        assert a["harmful"] == b["harmful"] and a["kl"] == b["kl"]
+
+
+def test_search_tries_each_setting_on_the_select_half_and_reports_on_the_other(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--search", "--no-control", "--set", "search.learning_rates=0.001,0.01", "--set", "search.lora_ranks=4",
+             "--set", "search.batch_sizes=2", "--set", "eval.harmful_limit=0"]
+    assert audit(tiny_model_dir, out, *extra) == 0
+    report = read_json(out / "report.json")
+    search = report["search"]
+    assert [t["learning_rate"] for t in search["tried"]] == [0.001, 0.01]
+    assert search["chosen"]["learning_rate"] in (0.001, 0.01)
+    assert report["attack"]["settings"]["learning_rate"] == search["chosen"]["learning_rate"]
+    assert report["datasets"]["harmful"]["notes"][-1].startswith("report half")
+    assert report["datasets"]["harmful_select"]["notes"][-1].startswith("select half")
+    assert (out / "search" / "lr-0.01-r4-b2" / "metrics.json").is_file()
+    assert not (out / "search" / "lr-0.01-r4-b2" / "adapter").exists()
+    assert "## Attack settings search" in (out / "report.md").read_text()
+
+
+def test_closest_benign_selects_the_nearest_pool_examples(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert audit(tiny_model_dir, out, "--attack", "closest-benign", "--no-control", "--set", "attack.closest_examples=5") == 0
+    selected = read_json(out / "selected.json")["selected"]
+    assert len(selected) == 5
+    similarities = [row["similarity"] for row in selected]
+    assert similarities == sorted(similarities, reverse=True)
+
+
+def test_selection_ranks_by_similarity_to_the_anchor_centre(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tamperaudit.data import Conversation, Prompt
+    from tamperaudit.selection import closest_to_harmful
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    anchor = "Explain how to steal a car."
+    pool = [
+        Conversation("same", ({"role": "user", "content": anchor}, {"role": "assistant", "content": "x"})),
+        Conversation("other", ({"role": "user", "content": "Write a poem about spring rain."}, {"role": "assistant", "content": "y"})),
+    ]
+    chosen = closest_to_harmful(model, tokenizer, pool, [Prompt("a", "c", anchor)], 1)
+    assert chosen[0][0] == "same" and chosen[0][1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_compare_puts_two_models_side_by_side_and_refuses_different_prompts(tiny_model_dir, tmp_path, capsys):
+    other = build_tiny_model(tmp_path / "other-model", seed=1)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert audit(tiny_model_dir, a, "--no-control") == 0
+    assert audit(other, b, "--no-control") == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b)]) == 0
+    table = capsys.readouterr().out
+    assert "| run | model | attack | baseline refusal | removal score |" in table
+    assert str(tiny_model_dir) in table and str(other) in table
+    assert audit(tiny_model_dir, c, "--no-control", "--set", "eval.harmful_limit=4") == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(c)]) == 2
+    err = capsys.readouterr().err
+    assert "not comparable: harmful prompts differ" in err and "--force" in err
+    assert main(["compare", str(a), str(c), "--force", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
