@@ -409,8 +409,8 @@ def execute(ctx: Context) -> Path:
     return ctx.run.root
 
 
-def start_audit(settings: Settings, out: Path) -> Path:
-    """A new run folder for these settings, run to the end."""
+def new_run(settings: Settings, out: Path, **extra_inputs: Any) -> Context:
+    """Load data, judge and model, and create the run folder with the inputs' hashes."""
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
@@ -418,8 +418,13 @@ def start_audit(settings: Settings, out: Path) -> Path:
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
     # The precision 'auto' chose is recorded so that a resumed run computes in the same one.
-    run = RunFolder.create(out, config_text, {**inputs, "precision": loaded.precision.name})
-    return execute(Context(settings, run, loaded, probes, judge))
+    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, "precision": loaded.precision.name})
+    return Context(settings, run, loaded, probes, judge)
+
+
+def start_audit(settings: Settings, out: Path) -> Path:
+    """A new run folder for these settings, run to the end."""
+    return execute(new_run(settings, out))
 
 
 def resume_audit(root: Path) -> Path:
@@ -454,16 +459,8 @@ def _load_user_adapter(model: Any, adapter: Path) -> Any:
 def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path, dict[str, Any]]:
     """The scorecard of one model (optionally with an adapter), no attack."""
     settings = dataclasses.replace(settings, attack=dataclasses.replace(settings.attack, control=False))
-    probes = load_probes(settings)
-    judge = make_judge(settings.eval.judge)
-    RunFolder.check_free(out)
-    loaded = models.load(settings.model.name, settings.model.precision, settings.model.threads)
-    config_text = to_toml(settings)
-    inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
-    if adapter is not None:
-        inputs["adapter"] = str(adapter)
-    run = RunFolder.create(out, config_text, {**inputs, "precision": loaded.precision.name})
-    ctx = Context(settings, run, loaded, probes, judge)
+    ctx = new_run(settings, out, **({"adapter": str(adapter)} if adapter is not None else {}))
+    run, loaded, probes = ctx.run, ctx.loaded, ctx.probes
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)
     base = None

@@ -8,7 +8,6 @@ reported, never used.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tamperaudit.errors import UserError
+from tamperaudit.fileio import sha256_file
 
 RAW = "https://raw.githubusercontent.com"
 
@@ -112,14 +112,6 @@ def cached_path(name: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(name: str, timeout: float = 60.0) -> Path:
     """Download a named benchmark into the cache and verify its SHA-256."""
     if name not in BENCHMARKS:
@@ -127,7 +119,7 @@ def fetch(name: str, timeout: float = 60.0) -> Path:
     benchmark = BENCHMARKS[name]
     folder = _folder(name)
     target = folder / benchmark.filename
-    if target.is_file() and _sha256(target) == benchmark.sha256:
+    if target.is_file() and sha256_file(target) == benchmark.sha256:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
@@ -138,7 +130,7 @@ def fetch(name: str, timeout: float = 60.0) -> Path:
     except (urllib.error.URLError, OSError) as error:
         partial.unlink(missing_ok=True)
         raise UserError(f"{name}: download from {benchmark.url} failed ({error})") from None
-    got = _sha256(partial)
+    got = sha256_file(partial)
     if got != benchmark.sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"{name}: the download's SHA-256 is {got[:16]}..., not the pinned {benchmark.sha256[:16]}...; nothing was kept")

@@ -148,13 +148,20 @@ class JudgeConfig:
 class _ModelJudge:
     """Shared by local judges: loads the model once, judges in batches."""
 
-    def __init__(self, config: JudgeConfig) -> None:
+    def __init__(self, config: JudgeConfig, model_class: Any) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
         from tamperaudit.models import resolve_source
 
         self.config = config
         self.name = config.name
         self.source = resolve_source(str(config.get("model")))
         self.batch_size = int(config.get("batch_size", 8))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model_class.from_pretrained(self.source.folder, dtype=torch.float32, use_safetensors=True).eval()
 
     def describe(self) -> dict[str, Any]:
         return {**self.config.describe(), "model_sha256": self.source.sha256}
@@ -171,14 +178,9 @@ class GeneratingJudge(_ModelJudge):
     """A guard or judge language model: greedy answer, read by the [answers] regexes."""
 
     def __init__(self, config: JudgeConfig) -> None:
-        super().__init__(config)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.source.folder, dtype=torch.float32, use_safetensors=True).eval()
+        super().__init__(config, AutoModelForCausalLM)
 
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         from tamperaudit.generation import generate, render_chat
@@ -198,16 +200,9 @@ class ClassifierJudge(_ModelJudge):
     """A sequence classifier: its top label is mapped to a verdict by [labels]."""
 
     def __init__(self, config: JudgeConfig) -> None:
-        super().__init__(config)
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.source.folder, dtype=torch.float32, use_safetensors=True
-        ).eval()
+        super().__init__(config, AutoModelForSequenceClassification)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.labels: dict[str, str] = dict(config.get("labels"))
 
