@@ -81,3 +81,14 @@ def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_length([[5], [6]]) == 0
     assert common_prefix_length([]) == 0
+
+
+def test_settled_rows_stop_early_and_the_others_are_unchanged(tiny):
+    model, tokenizer = tiny
+    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=4)
+    stopped, stats = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=4, settled=lambda index, tokens: index == 1)
+    assert stopped[1].settled and len(stopped[1].tokens) == 4  # asked after every 4 steps
+    assert list(stopped[1].tokens) == list(free[1].tokens[:4])
+    for index in (0, 2, 3):
+        assert not stopped[index].settled and stopped[index].tokens == free[index].tokens

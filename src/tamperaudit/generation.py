@@ -15,7 +15,7 @@ import functools
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -27,6 +27,10 @@ class Completion:
     tokens: tuple[int, ...]  # generated token ids, end-of-turn token excluded
     text: str
     finished: bool  # ended with an end-of-turn token (not cut by max_new_tokens)
+    settled: bool = False  # stopped early: its verdict could no longer change (see generate)
+
+
+SETTLE_EVERY = 4  # decode steps between checks of whether a row's verdict is settled
 
 
 @dataclass
@@ -89,14 +93,21 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 
 @torch.inference_mode()
 def _generate_batch(
-    model: Any, prompts: list[list[int]], prefix_length: int, max_new_tokens: int, stop_ids: set[int], pad_id: int
-) -> list[tuple[list[int], bool]]:
+    model: Any,
+    prompts: list[list[int]],
+    prefix_length: int,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
+    settled: Callable[[int, list[int]], bool] | None = None,
+) -> list[tuple[list[int], bool, bool]]:
     """Greedy decoding of one batch.
 
     Layout: the shared prefix is computed once and its cache copied to every row;
     each row's own suffix follows, left-padded so that all rows end together
     (padding sits between prefix and suffix and is masked). Each row stops at its
-    own end-of-turn token and leaves the batch.
+    own end-of-turn token and leaves the batch, or earlier when ``settled(row,
+    tokens)`` says its verdict can no longer change.
     """
     from transformers import DynamicCache
 
@@ -119,10 +130,11 @@ def _generate_batch(
     positions = prefix_length + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * rows
+    early = [False] * rows
     active = torch.arange(rows, device=device)  # original row of each batch row
     stop = torch.tensor(sorted(stop_ids), device=device)
     step_input, step_positions = input_ids, positions
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = model(
             input_ids=step_input,
             attention_mask=attention,
@@ -137,6 +149,11 @@ def _generate_batch(
                 finished[row] = True
             else:
                 outputs[row].append(token)
+        if settled is not None and (step + 1) % SETTLE_EVERY == 0:
+            flags = [not is_done and settled(row, outputs[row]) for row, is_done in zip(active.tolist(), done.tolist())]
+            for row, flag in zip(active.tolist(), flags):
+                early[row] = early[row] or flag
+            done = done | torch.tensor(flags, device=device)
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(-1)
@@ -147,7 +164,7 @@ def _generate_batch(
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
         step_positions = step_positions[:, -1:] + 1
         step_input = next_tokens.unsqueeze(-1)
-    return [(outputs[row], finished[row]) for row in range(rows)]
+    return [(outputs[row], finished[row], early[row]) for row in range(rows)]
 
 
 def generate(
@@ -157,8 +174,14 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     desc: str = "generating",
+    settled: Callable[[int, list[int]], bool] | None = None,
 ) -> tuple[list[Completion], GenerationStats]:
-    """Greedy completions for token-id prompts, in the order given."""
+    """Greedy completions for token-id prompts, in the order given.
+
+    ``settled(index, tokens)``, if given, is asked every few steps whether prompt
+    ``index`` (in the order given) can stop: pass it only a test under which no
+    continuation of ``tokens`` could change the outcome being measured.
+    """
     stop_ids = stop_token_ids(tokenizer, model)
     # Keep at least one token per prompt outside the prefix: it is the step that predicts.
     prefix_length = max(0, min(common_prefix_length(prompts), min((len(p) for p in prompts), default=1) - 1))
@@ -169,12 +192,13 @@ def generate(
     with progress.bar(total=len(prompts), desc=desc, unit="prompt") as bar:
         for begin in range(0, len(order), batch_size):
             indices = order[begin : begin + batch_size]
+            check = None if settled is None else (lambda row, tokens, indices=indices: settled(indices[row], tokens))
             batch = _generate_batch(
-                model, [list(prompts[i]) for i in indices], prefix_length, max_new_tokens, stop_ids, tokenizer.pad_token_id
+                model, [list(prompts[i]) for i in indices], prefix_length, max_new_tokens, stop_ids, tokenizer.pad_token_id, check
             )
-            for index, (tokens, finished) in zip(indices, batch):
+            for index, (tokens, finished, early) in zip(indices, batch):
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
-                results[index] = Completion(tuple(tokens), text, finished)
+                results[index] = Completion(tuple(tokens), text, finished, early)
                 stats.generated_tokens += len(tokens) + (1 if finished else 0)
             bar.update(len(indices))
     stats.seconds = time.perf_counter() - start

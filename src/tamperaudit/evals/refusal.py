@@ -54,7 +54,12 @@ def run_prompt_eval(
     """Generate, judge and return one sample record per prompt."""
     token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
-    completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc)
+    # Stop a row once the judge's verdict on it can no longer change (judges that can tell).
+    settled = getattr(judge, "settled", None)
+    check = None if settled is None else (
+        lambda index, tokens: settled(spec.prompts[index].text, tokenizer.decode(tokens, skip_special_tokens=True))
+    )
+    completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
     verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
     samples = []
     for prompt, completion, verdict in zip(spec.prompts, completions, verdicts):
@@ -68,6 +73,7 @@ def run_prompt_eval(
                 "completion": completion.text,
                 "new_tokens": len(completion.tokens),
                 "finished": completion.finished,
+                "settled": completion.settled,
                 "verdict": verdict.label,
                 "reason": verdict.reason,
             }
