@@ -52,7 +52,7 @@ class AttackSettings:
         '{"messages": [...]} per line.',
     )
     budgets: list[int] = _setting(
-        [0, 5, 10, 20],
+        [0, 5, 10],
         "Attack budgets in optimizer steps; an adapter is saved and evaluated at each. "
         "0 is the unattacked model.",
     )
