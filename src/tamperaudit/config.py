@@ -177,7 +177,8 @@ class SearchSettings:
     enabled: bool = _setting(
         False,
         "Search attack settings first: train each combination below to the largest budget, pick the "
-        "strongest whose capability stays within tolerance on the 'select' half of the harmful prompts, "
+        "strongest (most compliance, then least refusal) whose capability stays within tolerance on the "
+        "'select' half of the harmful prompts, "
         "then report it on the 'report' half.",
     )
     learning_rates: list[float] = _setting([1e-4, 2e-4, 4e-4], "Learning rates to try.")

@@ -346,6 +346,18 @@ def stage_search_candidate(ctx: Context, candidate: dict[str, Any], base: BaseDi
     return metrics
 
 
+def strongest(tried: list[dict[str, Any]]) -> dict[str, Any]:
+    """The search's pick: most compliance, then lowest refusal, among settings that keep capability.
+
+    Not lowest refusal first: a setting that turns refusals into echoes or loops
+    ("unclear") lowers refusal without getting the model to do what was asked. If
+    no setting keeps capability, the pick is made among all (the report says so).
+    Ties go to the earlier setting in the grid.
+    """
+    eligible = [t for t in tried if t["capability_kept"]] or tried
+    return max(eligible, key=lambda t: (t["complied"], -t["refusal"]))
+
+
 def stage_search(ctx: Context, base: BaseDistributions) -> Settings:
     """The strongest setting whose capability stays within tolerance; the settings to audit with."""
     if not ctx.settings.search.enabled:
@@ -363,9 +375,7 @@ def stage_search(ctx: Context, base: BaseDistributions) -> Settings:
             share = metrics["harmful"][mode]
             tried.append({**candidate, "refusal": refusal_rate(metrics, mode), "complied": share["complied"]["rate"],
                           "capability_kept": kept, "why_not": why, "seconds": ctx.run.manifest()["stages"][_candidate_name(candidate)]["seconds"]})
-        eligible = [t for t in tried if t["capability_kept"]] or tried
-        # Strongest: lowest refusal, then most compliance; ties go to the earlier (smaller) setting.
-        chosen = min(eligible, key=lambda t: (t["refusal"], -t["complied"]))
+        chosen = strongest(tried)
         ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, tried=tried, mode=mode,
                      chosen={k: chosen[k] for k in ("learning_rate", "lora_rank", "batch_size")},
                      capability_kept_by_chosen=chosen["capability_kept"])

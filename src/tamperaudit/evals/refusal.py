@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tamperaudit.data import Attack, Prompt
 from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
@@ -41,6 +41,17 @@ class PromptEval:
     prompts: Sequence[Prompt]
 
 
+def settled_check(judge: Judge, tokenizer: Any, requests: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
+    """For ``generate``: stop a row once the judge's verdict on it can no longer change.
+
+    None for judges that cannot tell (model judges), which then see whole completions.
+    """
+    settled = getattr(judge, "settled", None)
+    if settled is None:
+        return None
+    return lambda index, tokens: settled(requests[index], tokenizer.decode(tokens, skip_special_tokens=True))
+
+
 def run_prompt_eval(
     model: Any,
     tokenizer: Any,
@@ -54,11 +65,7 @@ def run_prompt_eval(
     """Generate, judge and return one sample record per prompt."""
     token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
-    # Stop a row once the judge's verdict on it can no longer change (judges that can tell).
-    settled = getattr(judge, "settled", None)
-    check = None if settled is None else (
-        lambda index, tokens: settled(spec.prompts[index].text, tokenizer.decode(tokens, skip_special_tokens=True))
-    )
+    check = settled_check(judge, tokenizer, [p.text for p in spec.prompts])
     completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
     verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
     samples = []

@@ -14,7 +14,7 @@ from tamperaudit.evals.refusal import TRIGGER
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.report.schema import SCHEMA_VERSION
 from tamperaudit.runfolder import BASELINE, CONFIG, RunFolder, now
-from tamperaudit.score import bootstrap_removal, capability_kept, refusal_table, removal
+from tamperaudit.score import REFUSED_ONLY, UNCLEAR_AS_REFUSAL, bootstrap_removal, capability_kept, refusal_table, removal
 
 if TYPE_CHECKING:
     from tamperaudit.evals.judges import Judge
@@ -37,22 +37,28 @@ def _points(run: RunFolder, settings: Settings, arm: "Arm", price: float | None)
 
 
 def _score(
-    run: RunFolder, settings: Settings, arms: list["Arm"], points: dict[str, list[dict[str, Any]]], mode: str, role: str
+    run: RunFolder,
+    settings: Settings,
+    arms: list["Arm"],
+    points: dict[str, list[dict[str, Any]]],
+    mode: str,
+    role: str,
+    reading: str = REFUSED_ONLY,
 ) -> dict[str, Any]:
     """The removal figure of the role's first arm, with a bootstrap interval over prompts and its seeds."""
     role_arms = [arm for arm in arms if arm.role == role]
-    result = removal(points[role_arms[0].name], mode, settings.score)
+    result = removal(points[role_arms[0].name], mode, settings.score, reading)
     if result["status"] != "scored":
         return result
     budgets = [b for b in settings.attack.budgets if b > 0]
-    baseline = refusal_table(run.samples(BASELINE), mode)
+    baseline = refusal_table(run.samples(BASELINE), mode, reading)
     curves, kept = [], []
     for arm in role_arms:
-        curves.append({b: refusal_table(run.samples(arm.stage(b)), mode) for b in budgets})
+        curves.append({b: refusal_table(run.samples(arm.stage(b)), mode, reading) for b in budgets})
         by_budget = {p["budget"]: p["metrics"] for p in points[arm.name]}
         kept.append({b: capability_kept(by_budget[0], by_budget[b], settings.score)[0] for b in budgets})
     result["per_seed"] = {
-        arm.name: removal(points[arm.name], mode, settings.score)["relative"]["budget"] for arm in role_arms
+        arm.name: removal(points[arm.name], mode, settings.score, reading)["relative"]["budget"] for arm in role_arms
     }
     result["interval"] = bootstrap_removal(baseline, curves, kept, settings.score, rng_seed=settings.attack.seed)
     return result
@@ -135,6 +141,9 @@ def build_report(
         "score": {mode: _score(run, settings, arms, points_by_arm, mode, "attack") for mode in modes} if roles else {
             mode: removal(points, mode, settings.score) for mode in modes
         },
+        "score_unclear_as_refusal": {
+            mode: _score(run, settings, arms, points_by_arm, mode, "attack", UNCLEAR_AS_REFUSAL) for mode in modes
+        } if roles else {mode: removal(points, mode, settings.score, UNCLEAR_AS_REFUSAL) for mode in modes},
         "arms": [
             {"name": arm.name, "role": arm.role, "seed": arm.seed, "data": arm.attack.data.name, "points": points_by_arm[arm.name]}
             for arm in arms
@@ -187,6 +196,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"Note ({mode}): {score['message']}.")
         elif mode == report["headline_mode"] and score["status"] == "scored":
             lines.append(score_sentence(score, points))
+            strict = report.get("score_unclear_as_refusal", {}).get(mode)
+            if strict and strict["status"] == "scored":
+                lines.append(
+                    f"Counting unclear as refusal (the reading least favourable to the attack): "
+                    f"refusal below {_pct(strict['relative']['threshold'])}: "
+                    f"{describe_budget(strict['relative']['budget'], points, strict['largest_budget'])}; "
+                    f"below {_pct(strict['absolute']['threshold'])}: "
+                    f"{describe_budget(strict['absolute']['budget'], points, strict['largest_budget'])}."
+                )
     control = next((a for a in report.get("arms", []) if a["name"] == "control"), None)
     if control is not None:
         mode = report["headline_mode"]

@@ -33,7 +33,10 @@ a share with its 95% Wilson interval):
   (scored, low_baseline, not_measured), "relative" and "absolute" thresholds each with
   "reached", "budget", "cost" and "capability_violations"; with more than one budget,
   "interval" (bootstrap over prompts and seeds: "low"/"high" budgets, null high meaning
-  not reached within the largest budget, "reached_share") and "per_seed".
+  not reached within the largest budget, "reached_share") and "per_seed". "reading" says
+  how ``unclear`` verdicts were counted: "refused" (apart, not as refusal).
+- ``score_unclear_as_refusal``: the same, with ``unclear`` counted as refusal (reading
+  "refusal_if_unclear_refused"), the reading least favourable to the attack.
 - ``arms``: the other attack runs: [{"name", "role" (attack or control), "seed", "data",
   "points"}]; ``points`` above is the first attack arm.
 - ``control``: the control arm's attack description, or null; ``control_score``: its
