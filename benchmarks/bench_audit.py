@@ -2,8 +2,9 @@
 
 Runs whole audits in child processes (so each peak memory is its own): the
 default audit and ``--quick`` (with --full), then small audits at two sizes of
-the prompt sets and at two attack budgets. Doubling the prompts or the budget
-should at most double the time: the script prints each ratio.
+the prompt sets and at two attack budgets (without the control arm, which would
+double both sides of each ratio). Doubling the prompts or the budget should at
+most double the time: the script prints each ratio.
 
     python benchmarks/bench_audit.py [--full] [--json out.json]
 """
@@ -57,10 +58,11 @@ def main() -> None:
         results["default audit"] = run(["--model", args.model])
         results["--quick audit"] = run(["--model", args.model, "--quick"])
     double = {key: 2 * value for key, value in SMALL.items()}
-    results["prompts x1 (budgets 0,2)"] = run(["--model", args.model, "--budgets", "0,2", *settings(SMALL)])
-    results["prompts x2 (budgets 0,2)"] = run(["--model", args.model, "--budgets", "0,2", *settings(double)])
-    results["budget 4 (prompts x1)"] = run(["--model", args.model, "--budgets", "0,4", *settings(SMALL)])
-    results["budget 8 (prompts x1)"] = run(["--model", args.model, "--budgets", "0,8", *settings(SMALL)])
+    small = ["--model", args.model, "--no-control"]
+    results["prompts x1 (budgets 0,2)"] = run([*small, "--budgets", "0,2", *settings(SMALL)])
+    results["prompts x2 (budgets 0,2)"] = run([*small, "--budgets", "0,2", *settings(double)])
+    results["budget 4 (prompts x1)"] = run([*small, "--budgets", "0,4", *settings(SMALL)])
+    results["budget 8 (prompts x1)"] = run([*small, "--budgets", "0,8", *settings(SMALL)])
     print("\n== audit end to end (each in its own process)")
     for name, result in results.items():
         print(f"  {name:<28} {result['seconds']:8.1f} s   peak {result['peak_gb']:.2f} GB")

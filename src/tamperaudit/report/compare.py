@@ -29,6 +29,18 @@ def load_reports(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return reports
 
 
+def _describe_set(dataset: dict[str, Any]) -> str:
+    """Name, size and hashes: two sets with the same name and size can still differ in content."""
+    return (
+        f"{dataset.get('name')}, {dataset.get('count')} rows, sha256 {str(dataset.get('sha256'))[:12]}, "
+        f"ids {str(dataset.get('ids_sha256'))[:12]}"
+    )
+
+
+def _describe_judge(judge: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {str(value)[:12]}" for key, value in judge.items())
+
+
 def mismatches(reports: Sequence[dict[str, Any]]) -> list[str]:
     """What the runs do not share, in words."""
     problems = []
@@ -38,11 +50,11 @@ def mismatches(reports: Sequence[dict[str, Any]]) -> list[str]:
             a, b = first["datasets"].get(role, {}), report["datasets"].get(role, {})
             if (a.get("sha256"), a.get("ids_sha256")) != (b.get("sha256"), b.get("ids_sha256")):
                 problems.append(
-                    f"{role} prompts differ ({first['run']['folder']}: {a.get('name')}, {a.get('count')} rows; "
-                    f"{report['run']['folder']}: {b.get('name')}, {b.get('count')} rows)"
+                    f"{role} prompts differ ({first['run']['folder']}: {_describe_set(a)}; "
+                    f"{report['run']['folder']}: {_describe_set(b)})"
                 )
         if first["judge"] != report["judge"]:
-            problems.append(f"judges differ ({first['judge']['name']} vs {report['judge']['name']}, or their versions)")
+            problems.append(f"judges differ ({_describe_judge(first['judge'])} vs {_describe_judge(report['judge'])})")
         if first["headline_mode"] != report["headline_mode"]:
             problems.append(f"headline modes differ ({first['headline_mode']} vs {report['headline_mode']})")
     return problems
