@@ -53,6 +53,10 @@ def test_audit_writes_the_run_folder_and_report(straight_run):
         assert total == share["n"] == 6
     markdown = (straight_run / "report.md").read_text()
     assert markdown.splitlines()[2].startswith("- Refusal on 6 harmful requests")
+    for mode in report["modes"]:  # the score under both readings of unclear
+        assert report["score"][mode]["reading"] == "refused"
+        assert report["score_unclear_as_refusal"][mode]["reading"] == "refusal_if_unclear_refused"
+    assert "Removal score under this reading" in markdown
 
 
 def test_adapters_are_deleted_after_measurement_by_default(straight_run):
