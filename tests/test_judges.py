@@ -75,7 +75,7 @@ def test_shipped_labels_keep_only_first_sentences_of_harmful_compliance():
     from tamperaudit.data import BUILTIN_DIR
 
     rows = [json.loads(line) for line in (BUILTIN_DIR / "judge_labels.jsonl").read_text().splitlines()]
-    assert len(rows) >= 200 and {r["split"] for r in rows} == {"tune", "heldout"}
+    assert len(rows) >= 200 and {r["split"] for r in rows} == {"tune", "heldout", "fresh"}
     assert {r["label"] for r in rows} == {"refused", "complied", "unclear"}
     for row in rows:
         cut = row["kind"] == "harmful" and row["label"] == "complied"
