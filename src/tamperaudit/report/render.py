@@ -114,6 +114,29 @@ def _score_lines(scores: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _throughput_lines(report: dict[str, Any]) -> list[str]:
+    """What each measured model state achieved: generation, multiple choice, training."""
+    arms = [("attack", report["points"])] + [(a["name"], a["points"]) for a in report.get("arms", [])]
+    lines = ["", "Throughput of each stage:", "",
+             "| stage | generated tokens/s | questions/s | training tokens/s | training GFLOPS |", "|---|---|---|---|---|"]
+    for name, points in arms:
+        for point in points:
+            if name != "attack" and point["budget"] == 0:
+                continue  # the shared baseline is listed once
+            speed = point["metrics"].get("throughput") or {}
+            generation, choice = speed.get("generation") or {}, speed.get("multiple_choice") or {}
+            cost = point.get("cost") or {}
+            seconds = cost.get("seconds")
+            train_rate = cost["tokens"] / seconds if seconds else None
+            stage = "baseline" if point["budget"] == 0 else f"{name}, {point['budget']} steps"
+            lines.append(
+                f"| {stage} | {_number(generation.get('generated_tokens_per_second'), 1)} | "
+                f"{_number(choice.get('questions_per_second'), 2)} | {_number(train_rate, 1)} | "
+                f"{_number(cost.get('achieved_gflops'), 1)} |"
+            )
+    return lines
+
+
 def _arm_sections(report: dict[str, Any]) -> list[str]:
     out = []
     for arm in report.get("arms", []):
@@ -226,6 +249,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- wall time of the stages: {_number(report['run']['wall_seconds'], 1)} s",
         f"- judge: {_judge_line(report['judge'])}",
         f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
+        *_throughput_lines(report),
         "",
         "## Data",
         "",
