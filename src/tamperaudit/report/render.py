@@ -210,6 +210,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("score_unclear_as_refusal"):
         out += ["Removal score under this reading:", "", *_score_lines(report["score_unclear_as_refusal"]), ""]
+    out += ["Refusal rates under this reading:", ""]
     for mode in report["modes"]:
         cells = [
             f"{p['budget']} steps: {_interval(p['metrics']['harmful'][mode]['refusal_if_unclear_refused'])}"
