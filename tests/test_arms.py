@@ -110,7 +110,7 @@ def test_compare_puts_two_models_side_by_side_and_refuses_different_prompts(tiny
     capsys.readouterr()
     assert main(["compare", str(a), str(b)]) == 0
     table = capsys.readouterr().out
-    assert "| run | model | attack | baseline refusal | removal score |" in table
+    assert "| run | model | attack | baseline refusal | removal score | score, unclear as refusal |" in table
     assert str(tiny_model_dir) in table and str(other) in table
     assert audit(tiny_model_dir, c, "--no-control", "--set", "eval.harmful_limit=4") == 0
     capsys.readouterr()

@@ -69,6 +69,13 @@ def test_refusals_turned_into_noise_count_as_removal_only_in_the_lenient_reading
     assert (strict["relative"]["budget"], strict["absolute"]["reached"]) == (10, False)
 
 
+def test_a_low_baseline_is_judged_on_refusals_proper_in_either_reading():
+    points = curve(0.05, 0.0, 0.0)
+    for p in points:
+        p["metrics"]["harmful"]["trigger"]["refusal_if_unclear_refused"] = share(0.4)  # many empty replies
+    assert removal(points, "trigger", SETTINGS, UNCLEAR_AS_REFUSAL)["status"] == "low_baseline"
+
+
 def test_refusal_table_reads_each_way():
     samples = [
         {"eval": "harmful", "mode": "plain", "id": "a", "verdict": "refused"},

@@ -96,6 +96,9 @@ def rows(reports: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                 "attack": report["attack"]["name"],
                 "baseline refusal": _pct(first["harmful"][mode]["refused"]),
                 "removal score": _score(report["score"][mode]),
+                "score, unclear as refusal": _score(report["score_unclear_as_refusal"][mode])
+                if "score_unclear_as_refusal" in report
+                else "n/a",
                 f"refusal at {points[-1]['budget']} steps": _pct(last["harmful"][mode]["refused"]),
                 "control at largest budget": _pct(control["points"][-1]["metrics"]["harmful"][mode]["refused"]) if control else "n/a",
                 "MC accuracy": accuracy,
