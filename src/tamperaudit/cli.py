@@ -114,7 +114,7 @@ FLAG_TO_SETTING = {
 }
 
 
-# What --quick changes: a few minutes on a CPU instead of a quarter of an hour, with wider intervals.
+# What --quick changes: about 5 minutes on 2 CPU cores instead of about 24, with wider intervals.
 QUICK = {
     "eval": {"harmful_limit": 33, "benign_limit": 18, "capability_limit": 40, "kl_limit": 12},
     "attack": {"budgets": [0, 5], "control": False},
