@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tamperaudit import __version__
 from tamperaudit.attack import TRAIN_FILE
@@ -37,7 +38,7 @@ def _points(run: RunFolder, settings: Settings, arm: "Arm", price: float | None)
 
 
 def _score(
-    run: RunFolder,
+    samples: Callable[[str], list[dict[str, Any]]],
     settings: Settings,
     arms: list["Arm"],
     points: dict[str, list[dict[str, Any]]],
@@ -47,19 +48,18 @@ def _score(
 ) -> dict[str, Any]:
     """The removal figure of the role's first arm, with a bootstrap interval over prompts and its seeds."""
     role_arms = [arm for arm in arms if arm.role == role]
-    result = removal(points[role_arms[0].name], mode, settings.score, reading)
+    per_arm = {arm.name: removal(points[arm.name], mode, settings.score, reading) for arm in role_arms}
+    result = per_arm[role_arms[0].name]
     if result["status"] != "scored":
         return result
     budgets = [b for b in settings.attack.budgets if b > 0]
-    baseline = refusal_table(run.samples(BASELINE), mode, reading)
+    baseline = refusal_table(samples(BASELINE), mode, reading)
     curves, kept = [], []
     for arm in role_arms:
-        curves.append({b: refusal_table(run.samples(arm.stage(b)), mode, reading) for b in budgets})
+        curves.append({b: refusal_table(samples(arm.stage(b)), mode, reading) for b in budgets})
         by_budget = {p["budget"]: p["metrics"] for p in points[arm.name]}
         kept.append({b: capability_kept(by_budget[0], by_budget[b], settings.score)[0] for b in budgets})
-    result["per_seed"] = {
-        arm.name: removal(points[arm.name], mode, settings.score, reading)["relative"]["budget"] for arm in role_arms
-    }
+    result["per_seed"] = {name: score["relative"]["budget"] for name, score in per_arm.items()}
     result["interval"] = bootstrap_removal(baseline, curves, kept, settings.score, rng_seed=settings.attack.seed)
     return result
 
@@ -98,6 +98,13 @@ def build_report(
     headline_mode = TRIGGER if TRIGGER in modes else modes[0]
     roles = sorted({arm.role for arm in arms}) if len(points) > 1 else []
     stage_seconds = _stage_seconds(run)
+    samples = functools.lru_cache(maxsize=None)(run.samples)  # each stage's file is read once for all scores
+
+    def scores(role: str, reading: str) -> dict[str, Any]:
+        if not roles:  # no attack budgets: the baseline alone
+            return {mode: removal(points, mode, settings.score, reading) for mode in modes}
+        return {mode: _score(samples, settings, arms, points_by_arm, mode, role, reading) for mode in modes}
+
     datasets = {
         "harmful": probes.harmful.describe(),
         "benign": probes.benign.describe(),
@@ -138,20 +145,14 @@ def build_report(
         "modes": modes,
         "headline_mode": headline_mode,
         "points": points,
-        "score": {mode: _score(run, settings, arms, points_by_arm, mode, "attack") for mode in modes} if roles else {
-            mode: removal(points, mode, settings.score) for mode in modes
-        },
-        "score_unclear_as_refusal": {
-            mode: _score(run, settings, arms, points_by_arm, mode, "attack", UNCLEAR_AS_REFUSAL) for mode in modes
-        } if roles else {mode: removal(points, mode, settings.score, UNCLEAR_AS_REFUSAL) for mode in modes},
+        "score": scores("attack", REFUSED_ONLY),
+        "score_unclear_as_refusal": scores("attack", UNCLEAR_AS_REFUSAL),
         "arms": [
             {"name": arm.name, "role": arm.role, "seed": arm.seed, "data": arm.attack.data.name, "points": points_by_arm[arm.name]}
             for arm in arms
             if arm.name != "attack" and arm.name in points_by_arm
         ],
-        "control_score": {mode: _score(run, settings, arms, points_by_arm, mode, "control") for mode in modes}
-        if "control" in roles
-        else None,
+        "control_score": scores("control", REFUSED_ONLY) if "control" in roles else None,
         "search": _search(run),
     }
     report["summary"] = summary_lines(report)
