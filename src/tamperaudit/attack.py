@@ -27,6 +27,7 @@ import torch
 
 from tamperaudit import faults, progress
 from tamperaudit.config import AttackSettings
+from tamperaudit.models import body_and_head_parameters
 from tamperaudit.data import Conversation
 from tamperaudit.errors import UserError
 from tamperaudit.fileio import atomic_write_json, read_json
@@ -252,14 +253,9 @@ class LoraAttack:
         except ValueError as error:
             raise UserError(f"attack.target_modules: {error}") from None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        head = self.model.get_output_embeddings().weight.numel()
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        embedding = self.model.get_input_embeddings().weight.numel()
-        tied = self.model.get_output_embeddings().weight is self.model.get_input_embeddings().weight
-        # body: every frozen weight that multiplies activations (not the embedding lookup, not the head)
-        self.body_parameters = frozen - embedding - (0 if tied else head)
-        self.head_parameters = head
         self.lora_parameters = sum(p.numel() for p in self.parameters)
+        # body: every frozen weight that multiplies activations (not the embedding lookup, not the head)
+        self.body_parameters, self.head_parameters = body_and_head_parameters(self.model, extra=self.lora_parameters)
         self.start(settings.seed)
 
     def start(self, seed: int) -> None:

@@ -282,6 +282,15 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def body_and_head_parameters(model: Any, extra: int = 0) -> tuple[int, int]:
+    """Weights each token's forward pass multiplies (all but the embedding lookup and the
+    vocabulary head, and less ``extra``, e.g. LoRA weights counted apart), and the head's."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
+    return total - extra - embedding.numel() - (0 if head is embedding else head.numel()), head.numel()
+
+
 def load(spec: str, precision: str = "auto", threads: int = 0) -> LoadedModel:
     """Resolve, convert if needed, and load a chat model and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -308,15 +317,12 @@ def load(spec: str, precision: str = "auto", threads: int = 0) -> LoadedModel:
     model.to(device).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     params = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
-    embedding = model.get_input_embeddings().weight.numel()
-    head = model.get_output_embeddings().weight.numel()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    body, head = body_and_head_parameters(model)
     info = {
         "parameters": params,
-        "embedding_parameters": embedding,
+        "embedding_parameters": model.get_input_embeddings().weight.numel(),
         "head_parameters": head,
-        # weights every token's forward pass multiplies: all but the embedding lookup and the head
-        "body_parameters": params - embedding - (0 if tied else head),
+        "body_parameters": body,
         "architecture": type(model).__name__,
         "vocab_size": int(model.config.vocab_size),
         "layers": int(getattr(model.config, "num_hidden_layers", 0)),
