@@ -46,7 +46,6 @@ def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
             "--quick", action="store_true",
             help="a smaller, faster audit (fewer prompts, budgets 0,5, no control arm); --set and other flags still override it",
         )
-    if attack:
         parser.add_argument("--seeds", type=int, help="attack runs with different seeds; the score's interval covers them")
         parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=None, help="the control arm on benign data (on by default)")
         parser.add_argument("--search", action="store_true", default=None, help="search attack settings first (see [search] in `tamperaudit config`)")
