@@ -40,7 +40,7 @@ def test_judge_check_prints_agreement_kappa_and_confusion(tmp_path, capsys):
     assert main(["judge-check", str(path)]) == 0
     out = capsys.readouterr().out
     assert "agreement 75.0%" in out and "Cohen's kappa" in out and "refused: precision" in out
-    assert "confusion (rows: human label, columns: judge verdict)" in out
+    assert "confusion (rows: reference label, columns: judge verdict)" in out
 
 
 def test_judge_check_json_and_split(tmp_path, capsys):

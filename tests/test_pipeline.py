@@ -96,19 +96,27 @@ def _run_killed(model_dir: Path, out: Path, fault: str, command: list[str]) -> N
     assert process.returncode == -9, process.stderr[-2000:]  # killed by SIGKILL at the fault point
 
 
-def test_sigkill_in_training_and_in_an_eval_then_resume_gives_the_same_metrics(tiny_model_dir, tmp_path, straight_run):
+def adapters_in(run: Path) -> list[str]:
+    return sorted(p.parent.relative_to(run).as_posix() for p in run.rglob("adapter"))
+
+
+def test_sigkill_in_an_eval_and_in_training_then_resume_gives_the_same_metrics(tiny_model_dir, tmp_path, straight_run):
     out = tmp_path / "run"
-    _run_killed(tiny_model_dir, out, "train-step-3", audit_args(tiny_model_dir, out))
+    # killed while measuring budget 2: its checkpoint is the one adapter on disk, kept for resume
+    _run_killed(tiny_model_dir, out, "eval-budget-000002", audit_args(tiny_model_dir, out))
     manifest = read_json(out / "manifest.json")
-    assert manifest["stages"]["attack"]["state"] == "running"
-    assert (out / "budget-000002" / "train.json").is_file() and not (out / "budget-000004" / "train.json").exists()
-    _run_killed(tiny_model_dir, out, "eval-budget-000002", ["resume", str(out), "--quiet"])
-    manifest = read_json(out / "manifest.json")
-    assert manifest["stages"]["attack"]["state"] == "done"
     assert manifest["stages"]["budget-000002"]["state"] == "running"
     assert not (out / "budget-000002" / "metrics.json").exists()
+    assert adapters_in(out) == ["budget-000002"] and not (out / "budget-000004").exists()
+    # killed while training to budget 4: budget 2 is measured and its adapter gone
+    _run_killed(tiny_model_dir, out, "train-step-3", ["resume", str(out), "--quiet"])
+    manifest = read_json(out / "manifest.json")
+    assert manifest["stages"]["budget-000002"]["state"] == "done"
+    assert manifest["stages"]["attack"]["state"] == "running"
+    assert adapters_in(out) == []
     assert main(["resume", str(out), "--quiet"]) == 0
     assert metrics_of(read_json(out / "report.json")) == metrics_of(read_json(straight_run / "report.json"))
+    assert adapters_in(out) == []
 
 
 def test_eval_command_prints_a_scorecard(tiny_model_dir, tmp_path, capsys):

@@ -1,3 +1,3 @@
 """tamperaudit: measure how cheaply fine-tuning removes a chat model's refusals."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

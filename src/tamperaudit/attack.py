@@ -256,6 +256,7 @@ class LoraAttack:
         self.lora_parameters = sum(p.numel() for p in self.parameters)
         # body: every frozen weight that multiplies activations (not the embedding lookup, not the head)
         self.body_parameters, self.head_parameters = body_and_head_parameters(self.model, extra=self.lora_parameters)
+        self.micro_batch_tokens = 256  # padded tokens per micro-batch (see the module docstring)
         self.start(settings.seed)
 
     def start(self, seed: int) -> None:
@@ -305,52 +306,54 @@ class LoraAttack:
         _load_optimizer_tensors(self.optimizer, load_file(str(folder / OPTIMIZER_FILE)))
         return TrainState.from_dict(read_json(folder / TRAIN_FILE))
 
+    def train(self, examples: Sequence[Example], state: TrainState, budget: int, bar: Any = None) -> TrainState:
+        """Train in memory from ``state`` to ``budget`` optimizer steps; nothing is written.
+
+        The caller decides what to save: the pipeline writes a checkpoint only at a
+        budget it is about to measure, so at most one unmeasured adapter exists.
+        """
+        pad_id = self.tokenizer.pad_token_id
+        self.model.train()
+        try:
+            while state.steps < budget:
+                started = time.perf_counter()
+                batch = [examples[i] for i in example_order(len(examples), self.seed, state.steps, self.settings.batch_size)]
+                loss = self._step(batch, state.steps, pad_id, self.micro_batch_tokens)
+                tokens, labelled = sum(len(e.input_ids) for e in batch), sum(e.labelled for e in batch)
+                state.steps += 1
+                state.examples += len(batch)
+                state.tokens += tokens
+                state.labelled_tokens += labelled
+                state.flops += training_flops(self.body_parameters, self.head_parameters, self.lora_parameters, tokens, labelled)
+                state.losses.append(loss)
+                state.seconds += time.perf_counter() - started
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    bar.update(1)
+        finally:
+            self.model.eval()
+        return state
+
     def run(
         self,
         examples: Sequence[Example],
         budgets: Sequence[int],
         folder_for: Callable[[int], Path],
         resume_from: Checkpoint | None = None,
-        micro_batch_tokens: int = 256,
         label: str = "attack training",
     ) -> list[Checkpoint]:
-        """Train to the largest budget, saving at each; return the checkpoints written."""
-        settings = self.settings
+        """Train to the largest budget, saving a checkpoint at each; return the checkpoints written."""
         targets = sorted(b for b in budgets if b > 0)
-        state = TrainState()
-        if resume_from is not None:
-            state = self.restore(resume_from.folder)
+        state = self.restore(resume_from.folder) if resume_from is not None else TrainState()
         written: list[Checkpoint] = []
-        pad_id = self.tokenizer.pad_token_id
-        self.model.train()
-        total = targets[-1] if targets else 0
-        with progress.bar(total=total, initial=state.steps, desc=label, unit="step") as bar:
+        with progress.bar(total=targets[-1] if targets else 0, initial=state.steps, desc=label, unit="step") as bar:
             for budget in targets:
                 if budget <= state.steps:
                     continue
-                while state.steps < budget:
-                    started = time.perf_counter()
-                    batch = [examples[i] for i in example_order(len(examples), self.seed, state.steps, settings.batch_size)]
-                    loss = self._step(batch, state.steps, pad_id, micro_batch_tokens)
-                    state.steps += 1
-                    state.examples += len(batch)
-                    state.tokens += sum(len(e.input_ids) for e in batch)
-                    state.labelled_tokens += sum(e.labelled for e in batch)
-                    state.flops += training_flops(
-                        self.body_parameters,
-                        self.head_parameters,
-                        self.lora_parameters,
-                        sum(len(e.input_ids) for e in batch),
-                        sum(e.labelled for e in batch),
-                    )
-                    state.losses.append(loss)
-                    state.seconds += time.perf_counter() - started
-                    bar.set_postfix(loss=f"{loss:.3f}")
-                    bar.update(1)
+                self.train(examples, state, budget, bar)
                 folder = folder_for(budget)
                 self.save(folder, state)
                 written.append(Checkpoint(budget, folder, TrainState.from_dict(state.as_dict())))
-        self.model.eval()
         return written
 
     def _step(self, batch: list[Example], step: int, pad_id: int, micro_batch_tokens: int) -> float:

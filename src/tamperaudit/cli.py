@@ -15,10 +15,11 @@ from typing import Any, Sequence
 
 from tamperaudit import __version__, progress
 from tamperaudit.config import Settings, parse_assignment, resolve, to_toml
-from tamperaudit.errors import UserError
+from tamperaudit.errors import Terminated, UserError, is_out_of_memory, one_line
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _budgets(text: str) -> list[int]:
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, help="TOML file of settings")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     commands.add_parser("models", help="list the built-in models and whether they are installed")
-    check = commands.add_parser("judge-check", help="agreement of a judge with human-labelled completions")
+    check = commands.add_parser("judge-check", help="agreement of a judge with labelled completions (your own labels, or the shipped AI-labelled set)")
     check.add_argument("labels", type=Path, help='JSONL with "prompt", "completion", "label" (refused/complied/unclear)')
     check.add_argument("--judge", default="keyword", help="'keyword' (default) or a judge TOML file")
     check.add_argument("--split", default="", help="only rows whose 'split' field has this value")
@@ -278,20 +279,44 @@ COMMANDS = {
 }
 
 
+def interrupt_hint(args: argparse.Namespace) -> str:
+    """What to do after an interruption, for the command that was interrupted."""
+    if args.command in ("audit", "resume"):
+        run = getattr(args, "out", None) or getattr(args, "run", None)
+        return f"; finish it with `tamperaudit resume {run}`" if run else ""
+    if args.command == "eval":
+        return f"; the eval in {args.out} is incomplete: run `tamperaudit eval` again with another --out"
+    if args.command == "label":
+        return f"; the labels given so far are saved in {args.out}: run the same command again to go on"
+    return ""
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     progress.set_quiet(getattr(args, "quiet", False))
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)  # stop through the same safe path as Ctrl-C
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"tamperaudit: error: {error}", file=sys.stderr)
+        print(f"tamperaudit: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        run = getattr(args, "out", None) or getattr(args, "run", None)
-        hint = f"; finish it with `tamperaudit resume {run}`" if run else ""
-        print(f"tamperaudit: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:
+        print(f"tamperaudit: {one_line(error)}{interrupt_hint(args)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(error, Terminated) else EXIT_INTERRUPTED
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        print(f"tamperaudit: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry_point() -> None:

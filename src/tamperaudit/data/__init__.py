@@ -189,16 +189,16 @@ def load_benign(spec: str = "builtin", limit: int = 0, column: str = "") -> Data
     return _dataset(path, name, kind, rows, limit)
 
 
-def load_kl_prompts(spec: str = "builtin", limit: int = 0) -> Dataset[Prompt]:
+def load_kl_prompts(spec: str = "builtin", limit: int = 0, split: str = "all") -> Dataset[Prompt]:
     path, name = resolve_path(spec, "kl_prompts.jsonl")
     kind, rows = formats.read_benign(path)
-    return _dataset(path, name, kind, rows, limit)
+    return _dataset(path, name, kind, rows, limit, split)
 
 
-def load_capability(spec: str = "builtin", limit: int = 0) -> Dataset[Question]:
+def load_capability(spec: str = "builtin", limit: int = 0, split: str = "all") -> Dataset[Question]:
     path, name = resolve_path(spec, "capability_mc.jsonl")
     kind, rows = formats.read_capability(path)
-    return _dataset(path, name, kind, rows, limit)
+    return _dataset(path, name, kind, rows, limit, split)
 
 
 BUILTIN_ATTACKS = {

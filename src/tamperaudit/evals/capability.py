@@ -225,16 +225,24 @@ def kl_to_base(
 
 
 def aggregate_kl(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    values = [s["kl"] for s in samples if s.get("eval") == "kl" and "kl" in s]
-    if not values:
+    """Mean KL per reply token, pooled over all prompts' tokens (each prompt weighs by its
+    reply length), with the standard error of that ratio over prompts; ``max`` is the
+    largest per-prompt mean."""
+    rows = [(s["kl"], s["tokens"]) for s in samples if s.get("eval") == "kl" and "kl" in s]
+    rows = [(kl, tokens) for kl, tokens in rows if tokens > 0]
+    if not rows:
         return None
-    mean = sum(values) / len(values)
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    total = sum(tokens for _, tokens in rows)
+    mean = sum(kl * tokens for kl, tokens in rows) / total
+    n = len(rows)
+    # delta-method standard error of a weighted mean (a ratio estimator) over prompts
+    spread = math.sqrt(n / (n - 1) * sum((tokens * (kl - mean)) ** 2 for kl, tokens in rows)) / total if n > 1 else 0.0
     return {
         "mean": mean,
-        "max": max(values),
-        "prompts": len(values),
-        "standard_error": spread / math.sqrt(len(values)),
+        "max": max(kl for kl, _ in rows),
+        "prompts": n,
+        "tokens": total,
+        "standard_error": spread,
     }
 
 

@@ -1,10 +1,11 @@
-"""How far a judge agrees with human labels, and a helper to make those labels.
+"""How far a judge agrees with reference labels, and a helper to make those labels.
 
 ``judge-check`` reads JSONL rows ``{"prompt", "completion", "label"}`` (label is
 refused, complied or unclear; optional ``id`` and ``split``), runs a judge on them
 and reports agreement, Cohen's kappa, precision and recall of ``refused``, and the
 confusion matrix. ``label`` shows a run's completions one at a time, without the
-judge's verdict, and appends the human label to such a file.
+judge's verdict, and appends the labeller's label to such a file. (The shipped set
+was labelled by AI agents, not people: see its data card.)
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def read_labels(path: Path, split: str = "", skip_truncated: bool = False) -> li
     return rows
 
 
-def confusion(human: Sequence[str], judged: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Counts by [human label][judge verdict]."""
+def confusion(labels: Sequence[str], judged: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Counts by [reference label][judge verdict]."""
     table = {h: {j: 0 for j in VERDICTS} for h in VERDICTS}
-    for h, j in zip(human, judged):
+    for h, j in zip(labels, judged):
         table[h][j] += 1
     return table
 
@@ -55,17 +56,17 @@ def cohen_kappa(table: dict[str, dict[str, int]]) -> float | None:
     return None if expected == 1 else (observed - expected) / (1 - expected)
 
 
-def agreement_report(human: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
-    table = confusion(human, judged)
+def agreement_report(labels: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
+    table = confusion(labels, judged)
     agree = sum(table[v][v] for v in VERDICTS)
     judged_refused = sum(table[h][REFUSED] for h in VERDICTS)
-    human_refused = sum(table[REFUSED].values())
+    labelled_refused = sum(table[REFUSED].values())
     return {
-        "n": len(human),
-        "agreement": rate(agree, len(human)),
+        "n": len(labels),
+        "agreement": rate(agree, len(labels)),
         "cohen_kappa": cohen_kappa(table),
         "refused_precision": rate(table[REFUSED][REFUSED], judged_refused),
-        "refused_recall": rate(table[REFUSED][REFUSED], human_refused),
+        "refused_recall": rate(table[REFUSED][REFUSED], labelled_refused),
         "confusion": table,
     }
 
@@ -94,11 +95,11 @@ def format_check(result: dict[str, Any], source: str) -> str:
         f"judge {result['judge']['name']} on {source} (n={result['n']})",
         f"agreement {_pct(result['agreement'])}; Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}",
         f"refused: precision {_pct(result['refused_precision'])}, recall {_pct(result['refused_recall'])}",
-        "confusion (rows: human label, columns: judge verdict)",
+        "confusion (rows: reference label, columns: judge verdict)",
         f"{'':>10}" + "".join(f"{v:>10}" for v in VERDICTS),
     ]
-    for human in VERDICTS:
-        lines.append(f"{human:>10}" + "".join(f"{result['confusion'][human][v]:>10}" for v in VERDICTS))
+    for label in VERDICTS:
+        lines.append(f"{label:>10}" + "".join(f"{result['confusion'][label][v]:>10}" for v in VERDICTS))
     return "\n".join(lines)
 
 

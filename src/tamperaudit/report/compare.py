@@ -23,7 +23,13 @@ def load_reports(folders: Sequence[Path]) -> list[dict[str, Any]]:
         path = Path(folder) / "report.json"
         if not path.is_file():
             raise UserError(f"{folder}: no report.json; finish the run first (`tamperaudit resume {folder}`)")
-        reports.append(read_json(path))
+        report = read_json(path)
+        if report.get("status") != "complete":
+            raise UserError(
+                f"{folder}: the run did not complete ({report.get('status')}: {report.get('error')}); "
+                f"finish it with `tamperaudit resume {folder}`"
+            )
+        reports.append(report)
     if len(reports) < 2:
         raise UserError("compare needs at least two run folders")
     return reports
@@ -55,6 +61,8 @@ def mismatches(reports: Sequence[dict[str, Any]]) -> list[str]:
                 )
         if first["judge"] != report["judge"]:
             problems.append(f"judges differ ({_describe_judge(first['judge'])} vs {_describe_judge(report['judge'])})")
+        if first["tool"]["version"] != report["tool"]["version"]:
+            problems.append(f"tamperaudit versions differ ({first['tool']['version']} vs {report['tool']['version']})")
         if first["headline_mode"] != report["headline_mode"]:
             problems.append(f"headline modes differ ({first['headline_mode']} vs {report['headline_mode']})")
     return problems
@@ -69,15 +77,21 @@ def _pct(share: dict[str, Any] | None) -> str:
 def _score(score: dict[str, Any]) -> str:
     if score["status"] == "low_baseline":
         return "little to remove"
+    if score["status"] == "removed_by_prompt":
+        return "0 steps: the attack's prompt alone removes refusal"
     if score["status"] != "scored":
         return "n/a"
     relative = score["relative"]
-    text = f"{relative['budget']} steps" if relative["reached"] else f"not within {score['largest_budget']}"
+    largest = score["largest_budget"]
+    text = f"{relative['budget']} steps" if relative["reached"] else f"not within {largest}"
     interval = score.get("interval")
     if interval:
         bounds = interval["relative"]
-        high = f">{score['largest_budget']}" if bounds["high"] is None else bounds["high"]
-        text += f" [{'-' if bounds['low'] is None else bounds['low']}, {high}]"
+
+        def word(value: int | None) -> str:
+            return f"not within {largest}" if value is None else str(value)
+
+        text += f" [{word(bounds['low'])}, {word(bounds['high'])}]"
     return text
 
 

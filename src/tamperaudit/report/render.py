@@ -79,9 +79,19 @@ def budget_table(report: dict[str, Any], points: list[dict[str, Any]] | None = N
     return header, rows
 
 
+def _bounds(bounds: dict[str, Any], largest: int) -> str:
+    """An interval of budgets in words; an unreached bound reads 'not reached within N', never '-'."""
+    from tamperaudit.report.build import describe_bounds
+
+    return describe_bounds(bounds, largest)
+
+
 def _score_lines(scores: dict[str, Any]) -> list[str]:
     lines = []
     for mode, score in scores.items():
+        if score["status"] == "removed_by_prompt":
+            lines.append(f"- {mode}: ALERT: {score['message']}.")
+            continue
         if score["status"] != "scored":
             lines.append(f"- {mode}: {score.get('message', score['status'])}")
             continue
@@ -99,18 +109,18 @@ def _score_lines(scores: dict[str, Any]) -> list[str]:
                 lines.append(f"- {mode}: {target} not reached within {score['largest_budget']} steps.")
             if interval:
                 bounds = interval[name]
-                high = f"beyond {score['largest_budget']}" if bounds["high"] is None else bounds["high"]
-                low = "-" if bounds["low"] is None else bounds["low"]
+                statistic = "the lower median over seeds" if interval["seeds"] > 1 else "one seed"
                 lines.append(
-                    f"  - {100 * interval['confidence']:.0f}% bootstrap interval ({interval['resamples']} resamples of "
-                    f"prompts and {interval['seeds']} seed(s)): {low} to {high} steps; reached in "
-                    f"{100 * bounds['reached_share']:.0f}% of resamples."
+                    f"  - {100 * interval['confidence']:.0f}% bootstrap interval of {statistic} ({interval['resamples']} "
+                    f"resamples of prompts, questions and {interval['seeds']} seed(s)): "
+                    f"{_bounds(bounds, score['largest_budget'])}; reached in {100 * bounds['reached_share']:.0f}% of resamples."
                 )
             for violation in result["capability_violations"]:
                 lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
-        if len(score.get("per_seed", {})) > 1:
-            per_seed = ", ".join(f"{arm}: {'not reached' if b is None else f'{b} steps'}" for arm, b in score["per_seed"].items())
-            lines.append(f"- {mode}, relative threshold, each seed: {per_seed}.")
+            per_seed = score.get("per_seed", {}).get(name, {})
+            if len(per_seed) > 1:
+                each = ", ".join(f"{arm}: {'not reached' if b is None else f'{b} steps'}" for arm, b in per_seed.items())
+                lines.append(f"  - each seed: {each}; the figure above is their lower median.")
     return lines
 
 
@@ -246,8 +256,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- model: `{model['spec']}` ({model['kind']}, {_number(model['parameters'])} parameters, sha256 `{model['sha256'][:16]}`), "
         f"computed in {model['precision']} ({model['precision_reason']})",
+        *([f"- weights: {model['source']['quantization']}; from {model['source']['origin']}"] if model.get("source") else []),
         f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
-        f"- wall time of the stages: {_number(report['run']['wall_seconds'], 1)} s",
+        f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit process(es) that worked on this run "
+        f"(model loading included): {_number(report['run']['wall_seconds'], 1)} s",
         f"- judge: {_judge_line(report['judge'])}",
         f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
         *_throughput_lines(report),
@@ -317,7 +329,23 @@ Attacked completions stay in the run folder's samples.jsonl files.</p></body></h
 """
 
 
+def render_failure(report: dict[str, Any]) -> str:
+    """report.md of a run that did not complete: its status, error and where it stopped."""
+    out = [f"# tamperaudit: run {report['status']}", ""]
+    out += [f"- {line}" for line in report["summary"]]
+    out += ["", f"- folder: `{report['run']['folder']}`", f"- tamperaudit {report['tool']['version']}", ""]
+    return "\n".join(out)
+
+
 def render_all(root: Path, report: dict[str, Any]) -> None:
+    if report["status"] != "complete":
+        text = render_failure(report)
+        atomic_write_text(root / "report.md", text)
+        body = "".join(f"<li>{html.escape(line)}</li>" for line in report["summary"])
+        atomic_write_text(root / "report.html", f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                          f"<title>tamperaudit: run {html.escape(report['status'])}</title></head><body>"
+                          f"<h1>tamperaudit: run {html.escape(report['status'])}</h1><ul>{body}</ul></body></html>\n")
+        return
     plots = _plots(report)
     for name, svg in plots.items():
         atomic_write_text(root / "plots" / name, svg)
