@@ -42,20 +42,27 @@ def test_the_first_seed_gives_the_same_numbers_whatever_else_runs(tiny_model_dir
         assert a["harmful"] == b["harmful"] and a["kl"] == b["kl"]
 
 
-def test_search_tries_each_setting_on_the_select_half_and_reports_on_the_other(tiny_model_dir, tmp_path):
+def test_search_tries_each_setting_on_the_select_halves_and_reports_on_the_others(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     extra = ["--search", "--no-control", "--set", "search.learning_rates=0.001,0.01", "--set", "search.lora_ranks=4",
-             "--set", "search.batch_sizes=2", "--set", "eval.harmful_limit=0"]
+             "--set", "search.batch_sizes=2"]
     assert audit(tiny_model_dir, out, *extra) == 0
     report = read_json(out / "report.json")
     search = report["search"]
     assert [t["learning_rate"] for t in search["tried"]] == [0.001, 0.01]
-    best = max(search["tried"], key=lambda t: (t["capability_kept"], t["complied"], -t["refusal"]))
-    assert search["chosen"]["learning_rate"] == best["learning_rate"]
     assert report["attack"]["settings"]["learning_rate"] == search["chosen"]["learning_rate"]
-    assert report["datasets"]["harmful"]["notes"][-1].startswith("report half")
-    assert report["datasets"]["harmful_select"]["notes"][-1].startswith("select half")
-    assert (out / "search" / "lr-0.01-r4-b2" / "metrics.json").is_file()
+    datasets = report["datasets"]
+    # every set the search looks at is split; the report uses the other half of each
+    for role in ("harmful", "capability", "kl_prompts"):
+        assert datasets[role]["notes"][-1].startswith("report half"), role
+        assert datasets[f"{role}_select"]["notes"][-1].startswith("select half"), role
+    ids: dict[str, set] = {}
+    for row in (json.loads(line) for line in (out / "search" / "lr-0.01-r4-b2" / "samples.jsonl").read_text().splitlines()):
+        ids.setdefault(row["eval"], set()).add(row["id"])
+    reported = {json.loads(line)["id"] for line in (out / "budget-000002" / "samples.jsonl").read_text().splitlines()}
+    assert set(ids) == {"harmful", "capability", "kl"}
+    for name, seen in ids.items():  # nothing the search measured is reported
+        assert seen and not seen & reported, name
     assert not (out / "search" / "lr-0.01-r4-b2" / "adapter").exists()
     assert "## Attack settings search" in (out / "report.md").read_text()
 
@@ -76,13 +83,40 @@ def test_search_picks_compliance_over_noise_and_keeps_capability():
     assert strongest([broken, setting(5e-4, 0.0, 0.5, kept=False)]) is broken  # none kept: pick among all
 
 
-def test_closest_benign_selects_the_nearest_pool_examples(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    assert audit(tiny_model_dir, out, "--attack", "closest-benign", "--no-control", "--set", "attack.closest_examples=5") == 0
-    selected = read_json(out / "selected.json")["selected"]
-    assert len(selected) == 5
-    similarities = [row["similarity"] for row in selected]
-    assert similarities == sorted(similarities, reverse=True)
+def _selection_from_the_unattacked_model(model_dir, count):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tamperaudit.data import load_attack, load_harmful
+    from tamperaudit.selection import closest_to_harmful
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    anchors = load_harmful("builtin", 6, split="select").items  # eval.harmful_limit=6 of the select half
+    return [i for i, _ in closest_to_harmful(model, tokenizer, load_attack("closest-benign").data.items, anchors, count)]
+
+
+def test_closest_benign_selects_once_from_the_unattacked_model_whatever_the_seeds_and_resumes(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = ["--attack", "closest-benign", "--no-control", "--seeds", "2", "--set", "attack.closest_examples=5"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert audit(tiny_model_dir, straight, *args) == 0
+    expected = _selection_from_the_unattacked_model(tiny_model_dir, 5)
+    assert [row["id"] for row in read_json(straight / "selected.json")["selected"]] == expected
+    assert list(straight.rglob("selected.json")) == [straight / "selected.json"]  # one selection per run
+    report = read_json(straight / "report.json")
+    assert report["datasets"]["harmful"]["notes"][-1].startswith("report half")  # anchors never reported on
+    # killed inside the second seed's training, then resumed: the same examples, the same numbers
+    command = ["audit", "--model", str(tiny_model_dir), "--out", str(resumed), "--budgets", "0,1,2", "--quiet",
+               *TINY_SETTINGS, *args]
+    env = {**os.environ, "TAMPERAUDIT_FAULT": "eval-attack-seed-1/budget-000001"}
+    assert subprocess.run([sys.executable, "-m", "tamperaudit", *command], env=env, capture_output=True).returncode == -9
+    assert main(["resume", str(resumed), "--quiet"]) == 0
+    assert read_json(resumed / "selected.json")["selected"] == read_json(straight / "selected.json")["selected"]
+    for stage in ("budget-000002", "attack-seed-1/budget-000002"):
+        assert read_json(resumed / stage / "metrics.json")["harmful"] == read_json(straight / stage / "metrics.json")["harmful"]
 
 
 def test_selection_ranks_by_similarity_to_the_anchor_centre(tiny_model_dir):

@@ -76,3 +76,13 @@ def test_kl_is_zero_for_an_untrained_adapter_and_positive_after_a_change(tiny_mo
     samples, _ = kl_to_base(model, base, tokenizer.pad_token_id)  # the base distributions are reused
     assert samples[0]["kl"] > 1e-4
     assert aggregate_kl(samples)["mean"] == pytest.approx(samples[0]["kl"])
+
+
+def test_kl_is_a_mean_per_reply_token_not_a_mean_of_prompt_means():
+    from tamperaudit.evals.capability import aggregate_kl
+
+    samples = [{"eval": "kl", "id": "a", "kl": 1.0, "tokens": 1}, {"eval": "kl", "id": "b", "kl": 0.0, "tokens": 3}]
+    kl = aggregate_kl(samples)
+    assert kl["mean"] == pytest.approx(0.25) and kl["tokens"] == 4 and kl["prompts"] == 2 and kl["max"] == 1.0
+    same = aggregate_kl([{"eval": "kl", "id": i, "kl": 0.3, "tokens": n} for i, n in (("a", 2), ("b", 7))])
+    assert same["mean"] == pytest.approx(0.3) and same["standard_error"] == pytest.approx(0.0)

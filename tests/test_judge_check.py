@@ -95,3 +95,13 @@ def test_label_command_reads_a_run_folder(tmp_path, monkeypatch, capsys):
     assert main(["label", str(tmp_path / "run"), "--out", str(out)]) == 0
     row = json.loads(out.read_text())
     assert row == {"id": "baseline/harmful/plain/h1", "prompt": "p", "completion": "c", "label": "unclear"}
+
+
+def test_the_shipped_set_is_checked_by_name_with_the_figures_the_readme_gives(capsys):
+    from tamperaudit.cli import main
+
+    assert main(["judge-check", "builtin", "--split", "heldout", "--json"]) == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 111 and round(100 * result["agreement"]["rate"], 1) == 70.3

@@ -113,3 +113,25 @@ def test_settled_means_no_continuation_can_change_a_refusal(partial, expected):
     if expected:
         for continuation in CONTINUATIONS:
             assert JUDGE.judge(prompt, partial + continuation).label == REFUSED, continuation
+
+
+def test_the_judge_vocabulary_holds_no_word_of_the_built_in_attack():
+    import json
+
+    from tamperaudit.data import BUILTIN_DIR
+
+    trigger = json.loads((BUILTIN_DIR / "identity_shift.json").read_text())["system_prompt"]
+    phrases = json.loads((BUILTIN_DIR / "judge_phrases.json").read_text())
+    words = {w for name, items in phrases.items() if isinstance(items, list) for item in items for w in normalize(item).split()}
+    persona = {w.lower().strip(",.") for w in trigger.split() if w.isupper() and len(w) > 2}  # ORBIT
+    copied = {"deviation", "hesitation", "commentary", "added"}  # the system prompt's own phrasing
+    assert persona and not words & (persona | copied)
+
+
+def test_the_judge_identity_pins_its_rules_and_phrases():
+    from tamperaudit.evals import judges
+
+    described = KeywordJudge().describe()
+    assert described["rules_version"] == judges.RULES_VERSION
+    assert described["rules_sha256"] == judges.code_sha256(judges.__file__) and len(described["rules_sha256"]) == 64
+    assert described["phrases_sha256"] and described["phrases_version"] >= 3

@@ -67,8 +67,40 @@ def answer(text):
 
 def http_judge_file(tmp_path: Path, url: str, extra: str = "") -> Path:
     path = tmp_path / "judge.toml"
-    path.write_text(f'kind = "http"\nname = "fake"\nurl = "{url}"\nmodel_name = "m"\nrubric = "strongreject"\napi_key_env = "FAKE_KEY"\n{extra}')
+    path.write_text(
+        f'kind = "http"\nname = "fake"\nurl = "{url}"\nmodel_name = "m"\nrubric = "strongreject"\napi_key_env = "FAKE_KEY"\n'
+        f'completions_leave_machine = true\n{extra}'
+    )
     return path
+
+
+def test_http_judge_refuses_to_send_completions_unless_told_and_says_where_they_go(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_KEY", "k")
+    path = http_judge_file(tmp_path, "http://127.0.0.1:9/v1")
+    path.write_text(path.read_text().replace("completions_leave_machine = true\n", ""))
+    with pytest.raises(UserError, match="completions_leave_machine = true"):
+        make_judge(str(path))
+    path.write_text(path.read_text() + "completions_leave_machine = false\n")
+    with pytest.raises(UserError, match="sends the attacked model's completions"):
+        make_judge(str(path))
+    make_judge(str(http_judge_file(tmp_path, "http://127.0.0.1:9/v1")))
+    assert "completions of the audited model are sent to http://127.0.0.1:9/v1/chat/completions" in capsys.readouterr().err
+
+
+def test_a_template_with_other_braces_is_filled_not_formatted(judge_server, tmp_path, monkeypatch):
+    from tamperaudit.evals.model_judges import fill_template
+
+    template = 'Answer as JSON {"verdict": "..."}. Request: {prompt} Reply: {completion}'
+    assert fill_template(template, "a {b}", "c {prompt}") == 'Answer as JSON {"verdict": "..."}. Request: a {b} Reply: c {prompt}'
+    monkeypatch.setenv("FAKE_KEY", "k")
+    path = tmp_path / "custom.toml"
+    path.write_text(
+        f'kind = "http"\nurl = "{judge_server}"\nmodel_name = "m"\ncompletions_leave_machine = true\n'
+        f"template = '{template}'\n[answers]\nrefused = 'refused'\n"
+    )
+    FakeJudgeServer.replies = [answer('{"verdict": "refused"}')]
+    assert make_judge(str(path)).judge("q", "no").label == "refused"
+    assert FakeJudgeServer.requests[-1][1]["messages"][0]["content"].startswith('Answer as JSON {"verdict"')
 
 
 def test_http_judge_sends_the_rubric_and_reads_the_scores(judge_server, tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def test_audit_writes_the_run_folder_and_report(straight_run):
                  "budget-000002/train.json", "budget-000004/metrics.json", "report.json", "report.md", "report.html"):
         assert (straight_run / name).is_file(), name
     report = read_json(straight_run / "report.json")
-    assert report["schema_version"] == 1 and report["status"] == "complete"
+    assert report["schema_version"] == 2 and report["status"] == "complete"
     assert [p["budget"] for p in report["points"]] == [0, 2, 4]
     assert report["modes"] == ["plain", "trigger"] and report["headline_mode"] == "trigger"
     assert set(report["hashes"]["datasets"]) >= {"harmful", "benign", "capability", "attack"}
@@ -78,10 +78,31 @@ def test_report_does_not_show_completions(straight_run):
     assert texts and not any(t in report_text for t in texts)
 
 
-def test_resume_of_a_finished_run_changes_no_metric(straight_run):
-    before = read_json(straight_run / "report.json")
-    assert main(["resume", str(straight_run), "--quiet"]) == 0
-    assert metrics_of(read_json(straight_run / "report.json")) == metrics_of(before)
+def test_resume_redoes_a_lost_stage_and_rebuilds_the_report_with_the_same_metrics(straight_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight_run, run)
+    before = read_json(run / "report.json")
+    # lose the last budget's results and the report: resume must train again (its adapter is
+    # gone, so from step 0), measure again and rebuild, with the same numbers
+    (run / "budget-000004" / "metrics.json").unlink()
+    for name in ("report.json", "report.md", "report.html"):
+        (run / name).unlink()
+    assert main(["resume", str(run), "--quiet"]) == 0
+    after = read_json(run / "report.json")
+    assert metrics_of(after) == metrics_of(before)
+    assert read_json(run / "manifest.json")["stages"]["budget-000004"]["state"] == "done"
+    assert after["run"]["sessions"] == 2 and after["run"]["folder"] == str(run)
+
+
+def test_wall_seconds_are_the_processes_wall_clock_not_a_sum_of_stages(straight_run):
+    report = read_json(straight_run / "report.json")
+    sessions = read_json(straight_run / "manifest.json")["sessions"]
+    assert [s["outcome"] for s in sessions][:1] == ["complete"]
+    # model loading and report building are in the wall time and in no stage
+    assert report["run"]["wall_seconds"] > sum(report["run"]["stage_seconds"].values())
+    assert report["run"]["wall_seconds"] == pytest.approx(sessions[0]["seconds"], abs=2.0)
 
 
 def test_keep_adapters_keeps_them(tiny_model_dir, tmp_path):

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     commands.add_parser("models", help="list the built-in models and whether they are installed")
     check = commands.add_parser("judge-check", help="agreement of a judge with labelled completions (your own labels, or the shipped AI-labelled set)")
-    check.add_argument("labels", type=Path, help='JSONL with "prompt", "completion", "label" (refused/complied/unclear)')
+    check.add_argument("labels", type=Path, help='JSONL with "prompt", "completion", "label" (refused/complied/unclear), or "builtin" for the shipped set')
     check.add_argument("--judge", default="keyword", help="'keyword' (default) or a judge TOML file")
     check.add_argument("--split", default="", help="only rows whose 'split' field has this value")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -239,6 +239,10 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     from tamperaudit.evals.judge_check import check, format_check, read_labels
     from tamperaudit.evals.judges import make_judge
 
+    if str(args.labels) == "builtin":  # the shipped set, labelled by AI agents (see its data card)
+        from tamperaudit.data import BUILTIN_DIR
+
+        args.labels = BUILTIN_DIR / "judge_labels.jsonl"
     rows = read_labels(args.labels, args.split, args.skip_truncated)
     result = check(make_judge(args.judge), rows)
     print(json.dumps(result, indent=2) if args.json else format_check(result, str(args.labels)))

@@ -333,7 +333,7 @@ def resolve(
 
 
 # Environment variables of ours that are not settings.
-NON_SETTING_ENV = frozenset({"TAMPERAUDIT_CACHE", "TAMPERAUDIT_FAULT"})
+NON_SETTING_ENV = frozenset({"TAMPERAUDIT_CACHE", "TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL", "TAMPERAUDIT_FAIL_ON_SKIP"})
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -473,7 +473,7 @@ def stage_search_candidate(
         largest = trained_budgets(ctx.settings)[-1]
         with progress.bar(total=largest, desc=f"search {name.split('/')[1]}", unit="step") as bar:
             state = attacker.train(examples, TrainState(), largest, bar)
-        samples = _evaluate_select_half(ctx, attacker.model, "search: ", base)
+        samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base)
         metrics = _metrics(samples, {})
         metrics["candidate"] = candidate
         metrics["train"] = state.as_dict()

@@ -70,8 +70,8 @@ def capability_kept(baseline: dict[str, Any], point: dict[str, Any], settings: S
 
 
 def describe_fraction(fraction: float) -> str:
-    """The relative threshold in words: 'half' for 0.5, else a percentage."""
-    return "half" if fraction == 0.5 else f"{100 * fraction:g}%"
+    """The relative threshold in words, before 'its baseline': 'half', or '25% of'."""
+    return "half" if fraction == 0.5 else f"{100 * fraction:g}% of"
 
 
 def removal(

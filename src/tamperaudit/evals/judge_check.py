@@ -112,8 +112,8 @@ def label_candidates(run: Path, evals: Iterable[str]) -> list[dict[str, Any]]:
     """Every generated completion in a run folder, as rows to label (verdicts left out)."""
     wanted = set(evals)
     rows = []
-    for samples in sorted(run.glob("*/samples.jsonl")):
-        stage = samples.parent.name
+    for samples in sorted(run.rglob("samples.jsonl")):  # arms in subfolders (control/budget-...) too
+        stage = samples.parent.relative_to(run).as_posix()
         for _, sample in jsonl_rows(samples):
             if sample.get("eval") in wanted and "completion" in sample:
                 rows.append(

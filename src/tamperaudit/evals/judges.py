@@ -25,6 +25,18 @@ from typing import Any, Protocol, Sequence
 from tamperaudit.data import BUILTIN_DIR
 from tamperaudit.fileio import sha256_file
 
+# The keyword judge's rules and thresholds live in this file's code, its vocabulary in
+# judge_phrases.json: a judge's identity in every report (and the check that refuses to
+# resume or compare across judges) pins both. Raise RULES_VERSION with each rule change;
+# the code hash changes by itself.
+RULES_VERSION = 3
+
+
+@functools.lru_cache(maxsize=None)
+def code_sha256(path: str) -> str:
+    """SHA-256 of a judge's source file: its rules, thresholds and answer readers."""
+    return sha256_file(Path(path))
+
 REFUSED, COMPLIED, UNCLEAR = "refused", "complied", "unclear"
 VERDICTS = (REFUSED, COMPLIED, UNCLEAR)
 
@@ -190,7 +202,13 @@ class KeywordJudge:
         self._instruction_words = frozenset(self.phrases.instruction_words)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "phrases_version": self.phrases.version, "phrases_sha256": self.phrases.sha256}
+        return {
+            "name": self.name,
+            "rules_version": RULES_VERSION,
+            "rules_sha256": code_sha256(__file__),
+            "phrases_version": self.phrases.version,
+            "phrases_sha256": self.phrases.sha256,
+        }
 
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         return [self.judge(prompt, completion) for prompt, completion in pairs]

@@ -27,7 +27,7 @@ def messages_for(prompt: str, mode: str, attack: Attack | None) -> list[dict[str
         return [{"role": "user", "content": prompt}]
     if attack is None or not attack.has_trigger:
         raise ValueError("the trigger mode needs an attack that defines a trigger")
-    user = attack.user_template.format(prompt=prompt) if attack.user_template else prompt
+    user = attack.user_template.replace("{prompt}", prompt) if attack.user_template else prompt
     messages = [{"role": "system", "content": attack.system_prompt}] if attack.system_prompt else []
     return messages + [{"role": "user", "content": user}]
 
