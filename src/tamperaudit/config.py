@@ -113,8 +113,10 @@ class EvalSettings:
     )
     harmful_split: str = _setting(
         "all",
-        "Which half of the harmful prompts to use: all, select (for choosing attack settings) or "
-        "report (for reporting them); halves are fixed per category from each prompt's id.",
+        "Which half of the harmful prompts to report on: all, select or report; halves are fixed per "
+        "category from each prompt's id. With a settings search or closest-benign selection, 'all' "
+        "means 'report' (they choose on the select half, and on the select halves of the "
+        "multiple-choice and KL sets for a search), and 'select' is an error.",
         choices=("all", "select", "report"),
     )
     harmbench_functional: list[str] = _setting(
