@@ -1,9 +1,14 @@
-"""Shared helpers for the speed benchmarks: the model, the matmul peak, and result tables.
+"""Shared helpers for the speed benchmarks: the model, the matmul peak, timing, and result tables.
 
 Benchmarks print ratios of tamperaudit's path to a baseline measured in the same
-process on the same inputs; they never assert a time. Achieved GFLOPS are shown
-beside the measured matmul peak of this machine, so a reader can tell whether a
-path is compute-bound or leaves the hardware idle.
+process on the same inputs; they never assert a time. Every path gets an untimed
+warm-up first, and the timed runs alternate (A B B A ...; see ``alternating``),
+so neither side gains from running second on warm caches or loses to a slow
+stretch of a shared machine; each path's figure is its fastest timed run.
+Achieved GFLOPS are shown beside this machine's matmul peak, measured before and
+after the timings (a drop between the two means something else was using the
+CPU), so a reader can tell whether a path is compute-bound or leaves the
+hardware idle.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,6 +39,9 @@ def arguments(description: str) -> argparse.ArgumentParser:
 
 def load(spec: str, precision: str = "float32") -> models.LoadedModel:
     progress.set_quiet(True)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # generation-config notices would interleave with the table
     return models.load(spec, precision)
 
 
@@ -65,6 +73,26 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def alternating(paths: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[tuple[Any, float]]]:
+    """Time each path ``repeats`` times, in the order given, then reversed, and so on.
+
+    With paths A, B and two repeats the order is A B B A: each path runs as often
+    first as last. Returns each path's (result, seconds) in the order it ran.
+    """
+    runs: dict[str, list[tuple[Any, float]]] = {name: [] for name in paths}
+    names = list(paths)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            runs[name].append(timed(paths[name]))
+            print(f"  run {repeat + 1}/{repeats} of {name}: {runs[name][-1][1]:.1f} s wall", file=sys.stderr, flush=True)
+    return runs
+
+
+def best_seconds(runs: Sequence[tuple[Any, float]]) -> float:
+    """The fastest of a path's timed runs: other load on a shared machine only ever adds time."""
+    return min(seconds for _, seconds in runs)
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process and its finished children, in GB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -72,19 +100,41 @@ def peak_rss_gb() -> float:
     return max(own, children) / 1024 / 1024
 
 
-def report(title: str, rows: list[dict[str, Any]], peak: float, extra: dict[str, Any] | None = None, path: Path | None = None) -> None:
-    """Print a table: each path's rate, its ratio to the first row (the baseline), GFLOPS and share of peak."""
+def peak_line(peaks: Sequence[float]) -> str:
+    shown = " / ".join(f"{p:.1f}" for p in peaks)
+    when = "before / after the timings" if len(peaks) > 1 else "measured now"
+    return f"matmul peak (fp32, {when}): {shown} GFLOPS"
+
+
+def report(
+    title: str,
+    rows: list[dict[str, Any]],
+    peaks: float | Sequence[float],
+    extra: dict[str, Any] | None = None,
+    path: Path | None = None,
+) -> None:
+    """Print a table: each path's rate, seconds, ratio, GFLOPS and share of the measured peak.
+
+    The first row is the baseline. A row's ratio is its rate over the baseline's
+    rate unless the row carries its own ``ratio`` with a ``ratio_note`` saying
+    what it is (the early-stop row of the generation benchmark: a ratio of wall
+    times). Shares of peak are against the larger of the peaks measured.
+    """
+    peaks = [peaks] if isinstance(peaks, (int, float)) else list(peaks)
+    peak = max(peaks)
     print(f"\n== {title}")
-    print(f"matmul peak (fp32, measured now): {peak:.1f} GFLOPS")
+    print(peak_line(peaks))
     baseline = rows[0]["rate"]
     for row in rows:
+        row.setdefault("ratio", row["rate"] / baseline)
         gflops = row.get("gflops")
         share = f"{100 * gflops / peak:5.1f}% of peak" if gflops else ""
+        note = f" ({row['ratio_note']})" if row.get("ratio_note") else ""
         print(
-            f"  {row['name']:<44} {row['rate']:10.2f} {row['unit']:<22} x{row['rate'] / baseline:6.2f}   "
+            f"  {row['name']:<52} {row['rate']:9.2f} {row['unit']:<22} {row['seconds']:8.1f} s  x{row['ratio']:6.2f}{note}   "
             + (f"{gflops:7.1f} GFLOPS {share}" if gflops else "")
         )
     for key, value in (extra or {}).items():
         print(f"  {key}: {value}")
     if path:
-        path.write_text(json.dumps({"title": title, "peak_gflops": peak, "rows": rows, **(extra or {})}, indent=2))
+        path.write_text(json.dumps({"title": title, "peak_gflops": peaks, "rows": rows, **(extra or {})}, indent=2))
