@@ -70,14 +70,23 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also time the default audit and --quick (tens of minutes)")
     args = parser.parse_args()
     read_weights(args.model)
+    # One precision for every audit: 'auto' measures at each start, and a child that chose
+    # differently would not be comparable with the others.
+    import torch
+
+    from tamperaudit.models import choose_precision
+
+    precision = choose_precision("auto", torch.device("cpu"))
+    print(f"precision for every audit: {precision.name} ({precision.reason})")
+    pinned = ["--set", f"model.precision={precision.name}"]
     peaks = [matmul_peak_gflops()]
     results = {}
     if args.full:
-        results["default audit"] = run(["--model", args.model])
-        results["--quick audit"] = run(["--model", args.model, "--quick"])
+        results["default audit"] = run(["--model", args.model, *pinned])
+        results["--quick audit"] = run(["--model", args.model, "--quick", *pinned])
     single = {key: max(1, value // 2) for key, value in SMALL.items()} if args.quick else SMALL
     double = {key: 2 * value for key, value in single.items()}
-    small = ["--model", args.model, "--no-control"]
+    small = ["--model", args.model, "--no-control", *pinned]
     results["prompts x1 (budgets 0,2)"] = run([*small, "--budgets", "0,2", *settings(single)])
     results["prompts x2 (budgets 0,2)"] = run([*small, "--budgets", "0,2", *settings(double)])
     results["budget 4 (prompts x1)"] = run([*small, "--budgets", "0,4", *settings(single)])
