@@ -60,6 +60,11 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def adapters_in(run: Path) -> list[str]:
+    """The stages of a run folder that hold a LoRA adapter on disk."""
+    return sorted(p.parent.relative_to(run).as_posix() for p in run.rglob("adapter"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

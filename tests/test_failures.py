@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SETTINGS
+from conftest import TINY_SETTINGS, adapters_in
 from tamperaudit import pipeline
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
@@ -21,10 +21,6 @@ from tamperaudit.fileio import read_json
 def audit_args(model_dir: Path, out: Path, budgets: str = "0,1,2", *extra: str) -> list[str]:
     return ["audit", "--model", str(model_dir), "--out", str(out), "--budgets", budgets, "--no-control", "--quiet",
             *TINY_SETTINGS, *extra]
-
-
-def adapters_in(run: Path) -> list[str]:
-    return sorted(p.parent.relative_to(run).as_posix() for p in run.rglob("adapter"))
 
 
 def fail_at(monkeypatch, stage: str, error: BaseException) -> None:

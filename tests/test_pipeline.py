@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_BENCHMARKS, TINY_SETTINGS, requires_shared
+from conftest import SHARED_BENCHMARKS, TINY_SETTINGS, adapters_in, requires_shared
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 
@@ -115,10 +115,6 @@ def _run_killed(model_dir: Path, out: Path, fault: str, command: list[str]) -> N
     env = {**os.environ, "TAMPERAUDIT_FAULT": fault}
     process = subprocess.run([sys.executable, "-m", "tamperaudit", *command], env=env, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr[-2000:]  # killed by SIGKILL at the fault point
-
-
-def adapters_in(run: Path) -> list[str]:
-    return sorted(p.parent.relative_to(run).as_posix() for p in run.rglob("adapter"))
 
 
 def test_sigkill_in_an_eval_and_in_training_then_resume_gives_the_same_metrics(tiny_model_dir, tmp_path, straight_run):

@@ -66,7 +66,7 @@ from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verd
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.generation import GenerationStats
 from tamperaudit.report.build import ArmSpec, ReportInputs, build_report, failure_report, write_report
-from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RUNNING, RunFolder, budget_folder_name
+from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RUNNING, RunFolder
 from tamperaudit.score import capability_kept, refusal_rate
 
 SEARCH = "search"
@@ -181,7 +181,7 @@ class Arm:
         return f"{self.prefix}attack"
 
     def stage(self, budget: int) -> str:
-        return f"{self.prefix}{budget_folder_name(budget)}"
+        return self.spec().stage(budget)
 
     def spec(self) -> ArmSpec:
         return ArmSpec(self.name, self.role, self.seed, self.attack.data.name, self.prefix)
@@ -448,12 +448,6 @@ def candidates(settings: Settings) -> list[dict[str, Any]]:
 
 def _candidate_name(candidate: dict[str, Any]) -> str:
     return f"{SEARCH}/lr-{candidate['learning_rate']:g}-r{candidate['lora_rank']}-b{candidate['batch_size']}"
-
-
-def _select_metrics(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Metrics of select-half samples, aggregated under the ordinary names."""
-    plain = {value: key for key, value in SELECT_EVALS.items()}
-    return _metrics([dict(s, eval=plain.get(s["eval"], s["eval"])) for s in samples], {})
 
 
 def stage_search_candidate(

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tamperaudit import __version__
+from tamperaudit.attack import TRAIN_FILE
 from tamperaudit.config import Settings, read_toml
 from tamperaudit.cost import budget_cost, detect_hardware, price_per_hour
+from tamperaudit.evals.refusal import TRIGGER
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.report.schema import SCHEMA_VERSION
 from tamperaudit.runfolder import BASELINE, CONFIG, RunFolder, budget_folder_name, now
@@ -33,8 +35,6 @@ from tamperaudit.score import (
     removal,
 )
 
-TRAIN_FILE = "train.json"  # tamperaudit.attack.TRAIN_FILE (not imported: that would load torch)
-TRIGGER = "trigger"
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,15 @@ class ReportInputs:
     elapsed: float  # seconds this process has worked on the run so far
 
 
+def _baseline_point(run: RunFolder) -> dict[str, Any]:
+    """Budget 0: the unattacked model, without the select-half metrics the search compared against."""
+    metrics = {k: v for k, v in run.metrics(BASELINE).items() if k != "select"}
+    return {"budget": 0, "train": None, "cost": None, "metrics": metrics}
+
+
 def _points(run: RunFolder, settings: Settings, arm: ArmSpec, price: float | None) -> list[dict[str, Any]]:
     """Budget 0 (the unattacked model) and each trained budget of one arm."""
-    baseline = run.metrics(BASELINE)
-    points = [{"budget": 0, "train": None, "cost": None, "metrics": {k: v for k, v in baseline.items() if k != "select"}}]
+    points = [_baseline_point(run)]
     for budget in settings.attack.budgets:
         if budget == 0:
             continue
@@ -145,9 +150,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
     hardware = detect_hardware(inputs.device, settings.cost.hardware)
     price, price_source = price_per_hour(settings.cost.price_per_hour, hardware)
     trained = arms and any(b > 0 for b in settings.attack.budgets)
-    baseline_only = {"attack": [{"budget": 0, "train": None, "cost": None, "metrics": {
-        k: v for k, v in run.metrics(BASELINE).items() if k != "select"}}]}
-    points_by_arm = {arm.name: _points(run, settings, arm, price) for arm in arms} if trained else baseline_only
+    points_by_arm = {arm.name: _points(run, settings, arm, price) for arm in arms} if trained else {"attack": [_baseline_point(run)]}
     points = points_by_arm["attack"]
     modes = sorted(points[0]["metrics"]["harmful"].keys())
     headline_mode = TRIGGER if TRIGGER in modes else modes[0]

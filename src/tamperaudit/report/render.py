@@ -79,14 +79,9 @@ def budget_table(report: dict[str, Any], points: list[dict[str, Any]] | None = N
     return header, rows
 
 
-def _bounds(bounds: dict[str, Any], largest: int) -> str:
-    """An interval of budgets in words; an unreached bound reads 'not reached within N', never '-'."""
-    from tamperaudit.report.build import describe_bounds
-
-    return describe_bounds(bounds, largest)
-
-
 def _score_lines(scores: dict[str, Any]) -> list[str]:
+    from tamperaudit.report.build import describe_bounds  # build imports render only when writing
+
     lines = []
     for mode, score in scores.items():
         if score["status"] == "removed_by_prompt":
@@ -113,7 +108,7 @@ def _score_lines(scores: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"  - {100 * interval['confidence']:.0f}% bootstrap interval of {statistic} ({interval['resamples']} "
                     f"resamples of prompts, questions and {interval['seeds']} seed(s)): "
-                    f"{_bounds(bounds, score['largest_budget'])}; reached in {100 * bounds['reached_share']:.0f}% of resamples."
+                    f"{describe_bounds(bounds, score['largest_budget'])}; reached in {100 * bounds['reached_share']:.0f}% of resamples."
                 )
             for violation in result["capability_violations"]:
                 lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
