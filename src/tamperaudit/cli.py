@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import sys
 from pathlib import Path
@@ -307,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     progress.set_quiet(getattr(args, "quiet", False))
+    # PEFT imports bitsandbytes whenever it is installed, and on CPUs with AVX-512 bf16 it
+    # warns on every run about an optional kernel package; the reference kernel is used.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)  # stop through the same safe path as Ctrl-C
     try:
         return COMMANDS[args.command](args)

@@ -309,6 +309,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"Refusal on the unsafe contrast prompts of the benign set: {_interval(first['contrast']['plain']['refused'])} -> "
             f"{_interval(last['contrast']['plain']['refused'])}."
         )
+    if report["model"].get("quantization", "none") != "none":  # every figure above is of the 4-bit model
+        lines.append(f"Model measured with its base weights in {report['model']['quantization_description']}.")
     return lines
 
 

@@ -180,6 +180,11 @@ def _search_section(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _memory_line(plan: dict[str, Any]) -> str:
+    checkpointing = "on" if plan["gradient_checkpointing"] else "off"
+    return f"{plan['micro_batch_tokens']} tokens per pass, gradient checkpointing {checkpointing} ({plan['reason']})"
+
+
 def _judge_line(judge: dict[str, Any]) -> str:
     pins = ", ".join(f"{k} `{str(v)[:16]}`" for k, v in judge.items() if k != "name")
     return f"{judge['name']} ({pins})"
@@ -252,6 +257,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- model: `{model['spec']}` ({model['kind']}, {_number(model['parameters'])} parameters, sha256 `{model['sha256'][:16]}`), "
         f"computed in {model['precision']} ({model['precision_reason']})",
         *([f"- weights: {model['source']['quantization']}; from {model['source']['origin']}"] if model.get("source") else []),
+        *([f"- loaded as: {model['quantization_description']}"] if model.get("quantization", "none") != "none" else []),
+        *([f"- training memory: {_memory_line(model['training_memory'])}"] if model.get("training_memory") else []),
         f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
         f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit process(es) that worked on this run "
         f"(model loading included): {_number(report['run']['wall_seconds'], 1)} s",

@@ -22,7 +22,12 @@ a share with its 95% Wilson interval):
 - ``seeds``: {"attack": seed of data order, LoRA initialisation and dropout}.
 - ``model``: {"spec", "kind", "sha256", "source": {"origin": where the file comes from,
   "quantization": the weights' form, e.g. a GGUF's quantization types, dequantized for the
-  audit}, "precision", "precision_reason", "parameters", ...}.
+  audit; for a Hub model also "revision" and "commit"}, "precision", "precision_reason",
+  "parameters" (4-bit weights counted as weights, not bytes), "quantization" ("none" or
+  "nf4": the base loaded in 4 bits, every figure measured on it), "quantization_description",
+  "weight_bytes", "devices", "training_memory": {"micro_batch_tokens",
+  "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"} or null
+  when nothing was trained, ...}.
 - ``hardware``: {"description", "device", "threads"}; ``price``: {"per_hour", "source"}.
 - ``datasets``: {role: {"name", "path", "sha256", "ids_sha256", "count", "file_rows", "format",
   "notes", "categories"}}; with a settings search or closest-benign selection also
