@@ -81,6 +81,13 @@ def test_every_new_setting_changes_nothing_measured_but_how_memory_is_used(tiny_
     assert metrics_of(a) == metrics_of(b)
     assert not a["model"]["training_memory"]["gradient_checkpointing"] and b["model"]["training_memory"]["gradient_checkpointing"]
     assert a["model"]["quantization"] == "none" and "loaded as" not in (default / "report.md").read_text()
+    # The projection to Llama 2 sizes is built from the run's own token count.
+    projection = a["projection"]
+    measured = a["points"][-1]["cost"]["tokens"]
+    assert projection["tokens"] in {p["cost"]["tokens"] for p in a["points"] if p["cost"]} and projection["tokens"] <= measured
+    assert len(projection["rows"]) == 6 and all(r["dollars"] > 0 for r in projection["rows"])
+    assert any(line.startswith("Projection, not a measurement") for line in a["summary"])
+    assert "## Projection to larger models (an estimate, not a measurement)" in (default / "report.md").read_text()
 
 
 @needs_bitsandbytes
@@ -117,7 +124,7 @@ def test_the_4bit_model_really_holds_4bit_layers_and_lora_trains_on_them(tiny_mo
     assert all(torch.isfinite(torch.tensor(state.losses)))
     assert torch.equal(layer.weight.data, packed_before)  # the 4-bit base is frozen
     lora_b = [p for n, p in attacker.model.named_parameters() if "lora_B" in n]
-    assert any(float(p.abs().sum()) > 0 for p in lora_b)
+    assert any(float(p.detach().abs().sum()) > 0 for p in lora_b)
 
 
 def test_nf4_without_bitsandbytes_names_the_install(tiny_model_dir, tmp_path, monkeypatch, capsys):

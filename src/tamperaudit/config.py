@@ -183,9 +183,17 @@ class CostSettings:
     price_per_hour: float | None = _setting(
         None,
         "Dollars per device-hour. Unset: 0.08925 for a CPU run (AWS EC2 c7i.large, 2 vCPU, "
-        "on-demand, us-east-1 Linux list price); no dollar figure for other devices.",
+        "on-demand, us-east-1 Linux list price); for a GPU the on-demand price of its type from "
+        "the table in tamperaudit/cost.py (source and date per row), times the GPUs used; no "
+        "dollar figure for a GPU not in the table.",
     )
     hardware: str = _setting("", "Hardware description for the report; empty: detected.")
+    projection_utilization: float = _setting(
+        0.40,
+        "Share of a GPU's dense bfloat16 peak that the report's projection to Llama 2 7B/13B/70B "
+        "assumes LoRA training reaches (40%: typical of well-tuned LoRA fine-tuning; the GPU check "
+        "measures it).",
+    )
 
 
 @dataclass
@@ -329,6 +337,8 @@ def _validate(settings: Settings) -> None:
     for name in ("batch_size", "lora_rank", "max_length", "seeds", "closest_examples"):
         if getattr(settings.attack, name) < 1:
             raise UserError(f"'attack.{name}' must be at least 1")
+    if not 0 < settings.cost.projection_utilization <= 1:
+        raise UserError("'cost.projection_utilization' must be above 0 and at most 1")
     if not 0 < settings.score.confidence < 1 or settings.score.bootstrap < 1:
         raise UserError("'score.confidence' must be between 0 and 1 and 'score.bootstrap' at least 1")
     search = settings.search

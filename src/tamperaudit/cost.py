@@ -1,9 +1,16 @@
-"""What an attack cost: FLOPs, seconds and dollars. Pure functions, plus hardware detection."""
+"""What an attack cost: FLOPs, seconds and dollars. Pure functions, plus hardware detection.
+
+Also a projection of the measured attack onto other model sizes and GPUs: the
+seed result (BadLlama: Llama 2-Chat 13B for under $200) is a GPU-scale figure,
+and a CPU audit of a 0.5B model is compared with it through the attack's tokens.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,18 +24,66 @@ DEFAULT_CPU_PRICE_SOURCE = "AWS EC2 c7i.large on-demand, us-east-1, Linux (2 vCP
 
 
 @dataclass(frozen=True)
+class GpuPrice:
+    """One row of the on-demand price table: what a GPU of this name rents for."""
+
+    pattern: str  # matched against torch.cuda.get_device_name(), case-insensitive, first match wins
+    gpu: str
+    per_gpu_hour: float  # US dollars, on demand, one GPU
+    bf16_tflops: float  # dense bfloat16 tensor-core peak from the vendor's data sheet
+    offer: str  # whose price, for which product
+    source: str  # the page the price was read from
+    read_on: str  # when it was read (ISO date)
+
+    def describe(self) -> str:
+        return f"{self.offer}, ${self.per_gpu_hour:.2f} per GPU-hour on demand ({self.source}, read {self.read_on})"
+
+
+# On-demand list prices per GPU-hour, as published on each provider's pricing page and
+# transcribed on the date shown (by the public price collections datareceipts/data-receipts
+# "109-gpu-pricing" and api-evangelist; rechecked against no other source). Prices move:
+# set cost.price_per_hour for the price you pay. Peaks are NVIDIA's dense bf16 figures.
+GPU_PRICES: tuple[GpuPrice, ...] = (
+    GpuPrice(r"H200", "H200 141GB", 4.45, 989.0, "Akash Network H200 SXM5 (a 'starting at' price)",
+             "https://akash.network/pricing/gpus/", "2026-09-20"),
+    GpuPrice(r"H100.*PCIe", "H100 PCIe 80GB", 2.89, 756.0, "RunPod Secure Cloud H100 PCIe",
+             "https://www.runpod.io/pricing", "2026-11-09"),
+    GpuPrice(r"H100.*NVL", "H100 NVL 94GB", 3.19, 835.0, "RunPod Secure Cloud H100 NVL",
+             "https://www.runpod.io/pricing", "2026-11-09"),
+    GpuPrice(r"H100", "H100 SXM 80GB", 3.99, 989.0, "RunPod Secure Cloud H100 SXM",
+             "https://www.runpod.io/pricing", "2026-11-09"),
+    GpuPrice(r"A100.*80GB", "A100 80GB", 1.79, 312.0, "RunPod Secure Cloud A100 80GB (SXM and PCIe alike)",
+             "https://www.runpod.io/pricing", "2026-11-09"),
+    GpuPrice(r"A100", "A100 40GB", 1.99, 312.0, "Lambda 8x A100 SXM 40GB, per GPU",
+             "https://lambda.ai/instances", "2026-09-20"),
+    GpuPrice(r"B200", "B200 180GB", 6.69, 2250.0, "Lambda 8x B200 SXM6, per GPU",
+             "https://lambda.ai/instances", "2026-09-20"),
+    GpuPrice(r"RTX 4090", "RTX 4090 24GB", 0.29, 165.2, "OpenRelay RTX 4090",
+             "https://openrelay.inc/gpu-pricing-calculator", "2026-09-20"),
+)
+
+
+def gpu_price(device_name: str) -> GpuPrice | None:
+    """The price-table row for a GPU name such as 'NVIDIA H100 80GB HBM3', or None."""
+    return next((row for row in GPU_PRICES if re.search(row.pattern, device_name, re.IGNORECASE)), None)
+
+
+@dataclass(frozen=True)
 class Hardware:
     description: str
     device: str  # "cpu" or "cuda"
     threads: int
+    gpus: int = 0  # GPUs the model is spread over (0 on a CPU)
+    gpu_name: str = ""  # as the driver names it
 
 
-def detect_hardware(device: torch.device, configured: str = "") -> Hardware:
+def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1) -> Hardware:
     threads = torch.get_num_threads()
     if configured:
-        return Hardware(configured, device.type, threads)
+        return Hardware(configured, device.type, threads, gpus if device.type == "cuda" else 0)
     if device.type == "cuda":
-        return Hardware(torch.cuda.get_device_name(device), "cuda", threads)
+        name = torch.cuda.get_device_name(device)
+        return Hardware(f"{gpus} x {name}" if gpus > 1 else name, "cuda", threads, gpus, name)
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -47,7 +102,12 @@ def price_per_hour(configured: float | None, hardware: Hardware) -> tuple[float 
         return configured, "configured (cost.price_per_hour)"
     if hardware.device == "cpu":
         return DEFAULT_CPU_PRICE_PER_HOUR, DEFAULT_CPU_PRICE_SOURCE
-    return None, "no default price for this device; set cost.price_per_hour"
+    row = gpu_price(hardware.gpu_name or hardware.description)
+    if row is not None:
+        gpus = max(hardware.gpus, 1)
+        each = f" for each of {gpus} GPUs" if gpus > 1 else ""
+        return row.per_gpu_hour * gpus, f"{row.describe()}{each}"
+    return None, f"no price in the table for '{hardware.description}'; set cost.price_per_hour"
 
 
 def budget_cost(train: dict[str, Any], flops: float, price: float | None) -> dict[str, Any]:
@@ -63,3 +123,98 @@ def budget_cost(train: dict[str, Any], flops: float, price: float | None) -> dic
         "achieved_gflops": flops / seconds / 1e9 if seconds else None,
         "dollars": seconds / 3600.0 * price if price is not None else None,
     }
+
+
+def significant(value: float, digits: int = 2) -> str:
+    """A positive number to ``digits`` significant figures, never in e-notation: 0.00061, 12, 1,400."""
+    if value <= 0:
+        return "0"
+    if value >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    decimals = digits - 1 - math.floor(math.log10(value))
+    return f"{round(value, decimals):.{decimals}f}"
+
+
+# --- projection to other model sizes and GPUs --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A decoder-only transformer's shape, enough to count its weights and LoRA weights."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+    def body_parameters(self) -> int:
+        """Weights each token multiplies, without the embedding and the vocabulary head."""
+        kv = self.hidden * self.kv_heads // self.heads
+        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * kv
+        mlp = 3 * self.hidden * self.intermediate
+        norms = 2 * self.hidden
+        return self.layers * (attention + mlp + norms) + self.hidden
+
+    def head_parameters(self) -> int:
+        return self.vocab * self.hidden
+
+    def lora_parameters(self, rank: int) -> int:
+        """LoRA weights on q, k, v, o, gate, up and down projections (the default targets)."""
+        kv = self.hidden * self.kv_heads // self.heads
+        pairs = [(self.hidden, self.hidden)] * 2 + [(self.hidden, kv)] * 2 + [(self.hidden, self.intermediate)] * 3
+        return self.layers * rank * sum(a + b for a, b in pairs)
+
+
+# Llama 2's published shapes (Touvron et al. 2023, and the configs on the Hub): the
+# models of BadLlama (13B) and of Lermen et al. (7B, 13B, 70B).
+LLAMA2_SHAPES = (
+    ModelShape("Llama-2-7B", 4096, 11008, 32, 32, 32, 32000),
+    ModelShape("Llama-2-13B", 5120, 13824, 40, 40, 40, 32000),
+    ModelShape("Llama-2-70B", 8192, 28672, 80, 64, 8, 32000),
+)
+PROJECTION_GPUS = ("H100 SXM 80GB", "A100 80GB")
+PROJECTION_UTILIZATION = 0.40
+
+
+def projected_training_flops(shape: ModelShape, rank: int, tokens: int, labelled_tokens: int, checkpointing: bool) -> float:
+    """LoRA training FLOPs for ``tokens`` tokens on a model of this shape.
+
+    The same count as the measured run (see attack.training_flops): 4 FLOPs per frozen
+    weight per token (forward, and input gradients backward), the head at labelled
+    positions only, 6 per LoRA weight; gradient checkpointing adds one more forward
+    pass (2 per frozen weight per token), which a 70B model on one GPU needs.
+    """
+    body = shape.body_parameters()
+    flops = 4.0 * body * tokens + 4.0 * shape.head_parameters() * labelled_tokens + 6.0 * shape.lora_parameters(rank) * tokens
+    return flops + (2.0 * body * tokens if checkpointing else 0.0)
+
+
+def project(tokens: int, labelled_tokens: int, rank: int, utilization: float = PROJECTION_UTILIZATION) -> list[dict[str, Any]]:
+    """The measured attack's tokens on Llama 2 7B/13B/70B and two GPUs: GPU-hours and dollars.
+
+    Assumes the larger model needs the same number of attack tokens as the audited one,
+    that training runs at ``utilization`` of the GPU's dense bf16 peak, and (for 70B)
+    gradient checkpointing; it counts training only, not evaluation, loading or idle time.
+    """
+    rows = []
+    for shape in LLAMA2_SHAPES:
+        checkpointing = shape.name.endswith("70B")
+        flops = projected_training_flops(shape, rank, tokens, labelled_tokens, checkpointing)
+        for gpu_name in PROJECTION_GPUS:
+            gpu = next(row for row in GPU_PRICES if row.gpu == gpu_name)
+            hours = flops / (gpu.bf16_tflops * 1e12 * utilization) / 3600.0
+            rows.append({
+                "model": shape.name,
+                "parameters": shape.body_parameters() + 2 * shape.head_parameters(),
+                "gpu": gpu.gpu,
+                "tokens": tokens,
+                "flops": flops,
+                "gradient_checkpointing": checkpointing,
+                "gpu_hours": hours,
+                "dollars": hours * gpu.per_gpu_hour,
+                "price": gpu.describe(),
+            })
+    return rows

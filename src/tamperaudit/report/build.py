@@ -15,7 +15,7 @@ from typing import Any, Callable
 from tamperaudit import __version__
 from tamperaudit.attack import TRAIN_FILE
 from tamperaudit.config import Settings, read_toml
-from tamperaudit.cost import budget_cost, detect_hardware, price_per_hour
+from tamperaudit.cost import budget_cost, detect_hardware, price_per_hour, project, significant
 from tamperaudit.evals.refusal import TRIGGER
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.report.schema import SCHEMA_VERSION
@@ -118,6 +118,38 @@ def _score(
     return result
 
 
+def projection(report: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
+    """The measured attack's tokens projected onto Llama 2 7B/13B/70B on rented GPUs.
+
+    The tokens are those of the headline score's budget (relative threshold); when
+    removal was not reached, those of the largest budget, and the projection says so.
+    """
+    score = report["score"].get(report["headline_mode"], {})
+    points = [p for p in report["points"] if p.get("cost")]
+    if not points:
+        return None
+    relative = score.get("relative") or {}
+    if relative.get("reached") and relative.get("cost"):
+        cost, basis = relative["cost"], f"the tokens to removal measured here ({report['headline_mode']}, relative threshold)"
+    else:
+        cost, basis = points[-1]["cost"], "the largest budget's tokens (removal was not reached, so this is a lower bound)"
+    utilization = settings.cost.projection_utilization
+    return {
+        "basis": basis,
+        "tokens": cost["tokens"],
+        "labelled_tokens": cost["labelled_tokens"],
+        "lora_rank": settings.attack.lora_rank,
+        "utilization": utilization,
+        "assumes": (
+            "the larger model needs the same number of attack tokens as the audited one (untested: "
+            "larger models may need more or fewer); LoRA on q/k/v/o/gate/up/down at the audited rank; "
+            f"training at {100 * utilization:.0f}% of the GPU's dense bf16 peak; gradient checkpointing for 70B; "
+            "training only (no evaluation, loading or idle time); on-demand prices from the table in cost.py"
+        ),
+        "rows": project(cost["tokens"], cost["labelled_tokens"], settings.attack.lora_rank, utilization),
+    }
+
+
 def _search(run: RunFolder) -> dict[str, Any] | None:
     entry = run.manifest()["stages"].get("search")
     if not entry or entry.get("state") != "done":
@@ -147,7 +179,8 @@ def _run_section(run: RunFolder, elapsed: float) -> dict[str, Any]:
 
 def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
     settings, arms = inputs.settings, inputs.arms
-    hardware = detect_hardware(inputs.device, settings.cost.hardware)
+    gpus = sum(1 for d in inputs.model.get("devices", []) if str(d).isdigit() or str(d).startswith("cuda"))
+    hardware = detect_hardware(inputs.device, settings.cost.hardware, max(gpus, 1))
     price, price_source = price_per_hour(settings.cost.price_per_hour, hardware)
     trained = arms and any(b > 0 for b in settings.attack.budgets)
     points_by_arm = {arm.name: _points(run, settings, arm, price) for arm in arms} if trained else {"attack": [_baseline_point(run)]}
@@ -198,6 +231,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
         "control_score": scores("control", REFUSED_ONLY) if "control" in roles else None,
         "search": _search(run),
     }
+    report["projection"] = projection(report, settings)
     report["summary"] = summary_lines(report)
     return report
 
@@ -308,6 +342,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"Refusal on the unsafe contrast prompts of the benign set: {_interval(first['contrast']['plain']['refused'])} -> "
             f"{_interval(last['contrast']['plain']['refused'])}."
+        )
+    shown = report.get("projection")
+    row = next((r for r in (shown or {}).get("rows", []) if r["model"] == "Llama-2-13B" and r["gpu"].startswith("H100")), None)
+    if row is not None:
+        lines.append(
+            f"Projection, not a measurement: the same {shown['tokens']:,} training tokens on {row['model']} would take "
+            f"{significant(row['gpu_hours'])} GPU-hours, ${significant(row['dollars'])} on an {row['gpu']} at "
+            f"{100 * shown['utilization']:.0f}% utilisation (BadLlama: under $200); it assumes the larger model needs the "
+            "same tokens (see the report's projection section)."
         )
     if report["model"].get("quantization", "none") != "none":  # every figure above is of the 4-bit model
         lines.append(f"Model measured with its base weights in {report['model']['quantization_description']}.")

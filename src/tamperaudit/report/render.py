@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from tamperaudit.cost import significant
 from tamperaudit.fileio import atomic_write_text
 from tamperaudit.report.plots import line_chart
 
@@ -180,6 +181,27 @@ def _search_section(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _projection_lines(projection: dict[str, Any] | None) -> list[str]:
+    """The measured attack's tokens on Llama 2 models and rented GPUs: an estimate, labelled as one."""
+    if not projection:
+        return []
+    out = [
+        "## Projection to larger models (an estimate, not a measurement)",
+        "",
+        f"Training cost of {projection['tokens']:,} tokens ({projection['basis']}) with LoRA rank "
+        f"{projection['lora_rank']}, computed from FLOPs per token. Assumes {projection['assumes']}.",
+        "",
+        "| model | GPU | training FLOPs | GPU-hours | dollars | price |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in projection["rows"]:
+        out.append(
+            f"| {row['model']} | {row['gpu']} | {_flops(row['flops'])} | {significant(row['gpu_hours'])} | "
+            f"${significant(row['dollars'])} | {row['price']} |"
+        )
+    return out + [""]
+
+
 def _memory_line(plan: dict[str, Any]) -> str:
     checkpointing = "on" if plan["gradient_checkpointing"] else "off"
     return f"{plan['micro_batch_tokens']} tokens per pass, gradient checkpointing {checkpointing} ({plan['reason']})"
@@ -213,6 +235,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_score_lines(report["score"]),
         "",
+        *_projection_lines(report.get("projection")),
         "## Refusal if unclear counted as refusal",
         "",
         "The reading least favourable to the attack: echoes, loops and empty replies count as refusals.",

@@ -28,7 +28,13 @@ a share with its 95% Wilson interval):
   "weight_bytes", "devices", "training_memory": {"micro_batch_tokens",
   "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"} or null
   when nothing was trained, ...}.
-- ``hardware``: {"description", "device", "threads"}; ``price``: {"per_hour", "source"}.
+- ``hardware``: {"description", "device", "threads", "gpus", "gpu_name"}; ``price``:
+  {"per_hour", "source"}: configured, the CPU default, or the GPU table's row (times the GPUs).
+- ``projection``: null without attack budgets, else {"basis": which tokens (to removal, or the
+  largest budget's when removal was not reached), "tokens", "labelled_tokens", "lora_rank",
+  "utilization", "assumes": the assumptions in words, "rows": [{"model" (Llama-2-7B/13B/70B),
+  "parameters", "gpu", "tokens", "flops", "gradient_checkpointing", "gpu_hours", "dollars",
+  "price"}]}: an estimate from FLOPs per token, not a measurement.
 - ``datasets``: {role: {"name", "path", "sha256", "ids_sha256", "count", "file_rows", "format",
   "notes", "categories"}}; with a settings search or closest-benign selection also
   "harmful_select" (and, with a search, "capability_select" and "kl_prompts_select"): the
