@@ -148,3 +148,15 @@ def test_out_of_memory_in_training_names_the_settings_that_fix_it(tiny_model_dir
         assert setting in err
     assert read_json(out / "report.json")["status"] == "error"
 
+
+
+def test_out_of_memory_while_loading_names_nf4_and_device_map(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 26.00 GiB")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", exhausted)
+    assert main(audit_args(tiny_model_dir, tmp_path / "run", "0,1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "attack.quantization=nf4" in err and "model.device_map=auto" in err

@@ -198,6 +198,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         except UserError:
             state = f"not installed: {model.install}"
         print(f"{model.name}: {model.description}; {model.license}; {state}")
+    from tamperaudit.models import hub_cache
+
+    print(f"Also: any Hugging Face Hub ID (org/name, cached in {hub_cache()}), model folder or .gguf file.")
     return 0
 
 

@@ -88,8 +88,8 @@ class AttackSettings:
     )
     gradient_checkpointing: str = _setting(
         "auto",
-        "Recompute each layer's activations in the backward pass instead of storing them: about a "
-        "third more training compute for far less activation memory. auto: on when the estimated "
+        "Recompute each layer's activations in the backward pass instead of storing them: half "
+        "again the training compute (one more forward pass) for far less activation memory. auto: on when the estimated "
         "training memory would not fit the device's free memory, else off.",
         choices=("auto", "on", "off"),
     )

@@ -125,7 +125,7 @@ def _generate_batch(
     cache = DynamicCache()
     if prefix_length:
         model(input_ids=prefix, logits_to_keep=1, **with_cache(model, cache))
-        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=device))
+        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long))  # host indices: see below
     attention = torch.cat([suffix_mask.new_ones((rows, prefix_length)), suffix_mask], dim=-1)
     positions = prefix_length + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -142,7 +142,7 @@ def _generate_batch(
             logits_to_keep=1,
             **with_cache(model, cache),
         ).logits[:, -1, :]
-        next_tokens = logits.argmax(dim=-1)
+        next_tokens = logits.argmax(dim=-1).to(device)  # a spread model's head sits on its last GPU
         done = torch.isin(next_tokens, stop)
         for row, token, is_done in zip(active.tolist(), next_tokens.tolist(), done.tolist()):
             if is_done:
@@ -158,7 +158,8 @@ def _generate_batch(
             break
         keep = (~done).nonzero().squeeze(-1)
         if len(keep) < len(active):
-            cache.batch_select_indices(keep)
+            # Host-side indices index cache layers on whichever GPU each layer sits.
+            cache.batch_select_indices(keep.cpu())
             active, next_tokens = active[keep], next_tokens[keep]
             attention, step_positions = attention[keep], step_positions[keep]
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from tamperaudit import progress
-from tamperaudit.errors import UserError, one_line
+from tamperaudit.errors import UserError, is_out_of_memory, one_line
 from tamperaudit.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -528,6 +528,11 @@ def body_and_head_parameters(model: Any, extra: int = 0) -> tuple[int, int]:
     return total - extra - embedding.numel() - (0 if head is embedding else head_count), head_count
 
 
+LOADING_MEMORY_HINT = (
+    "out of memory loading the weights; load the base in 4 bits with attack.quantization=nf4 "
+    "(a quarter of bfloat16's memory), or spread it over several GPUs with model.device_map=auto"
+)
+
 NF4_DESCRIPTION = (
     "NF4 4-bit (bitsandbytes, double quantization) in every linear layer but the vocabulary head; "
     "the baseline and every budget are measured on this same 4-bit base (QLoRA)"
@@ -607,6 +612,10 @@ def load(
             )
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{spec}: cannot load this model ({one_line(error)})") from None
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            raise UserError(f"{spec}: {LOADING_MEMORY_HINT}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{spec}: the tokenizer has no chat template; tamperaudit audits chat models")
     if tokenizer.pad_token_id is None:

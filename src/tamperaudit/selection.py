@@ -37,9 +37,9 @@ def _embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 1
                 ids[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
             hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
-            weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
+            weights = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)  # a spread model ends on its last GPU
             pooled = (hidden * weights).sum(1) / weights.sum(1)
-            vectors.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+            vectors.append(torch.nn.functional.normalize(pooled.float(), dim=-1).to(device))
             bar.update(len(rows))
     return torch.cat(vectors)
 

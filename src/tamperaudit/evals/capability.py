@@ -52,7 +52,9 @@ def _score_batch(model: Any, contexts: list[list[int]], choices: list[list[list[
     first = _head_log_probs(model, hidden[:, -1])  # predicts each choice's first token
 
     counts = [len(c) for c in choices]
-    owner = torch.tensor([q for q, n in enumerate(counts) for _ in range(n)], device=device)
+    # Host-side indices: they index tensors on any device, which a model spread over
+    # several GPUs needs (its cache layers and head sit on different GPUs).
+    owner = torch.tensor([q for q, n in enumerate(counts) for _ in range(n)])
     flat = [choice for group in choices for choice in group]
     cache.batch_select_indices(owner)  # each choice gets its question's context (indices repeat)
     choice_width = max(len(c) for c in flat)
@@ -74,11 +76,11 @@ def _score_batch(model: Any, contexts: list[list[int]], choices: list[list[list[
         targets = choice_ids[:, 1:]
         valid = choice_mask[:, 1:].bool()
         log_probs = _head_log_probs(model, hidden[valid])
-        picked = log_probs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
-        rows = valid.nonzero()[:, 0]
-        sums = torch.zeros(len(flat), device=device).index_add_(0, rows, picked)
+        picked = log_probs.gather(-1, targets[valid].to(log_probs.device).unsqueeze(-1)).squeeze(-1)
+        rows = valid.nonzero()[:, 0].to(log_probs.device)
+        sums = torch.zeros(len(flat), device=log_probs.device).index_add_(0, rows, picked)
         scores = sums.tolist()
-    first_tokens = torch.tensor([c[0] for c in flat], device=device)
+    first_tokens = torch.tensor([c[0] for c in flat], device=first.device)
     first_scores = first[owner].gather(-1, first_tokens.unsqueeze(-1)).squeeze(-1).tolist()
     totals = [a + b for a, b in zip(first_scores, scores)]
     grouped, start = [], 0
