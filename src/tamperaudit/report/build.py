@@ -24,7 +24,6 @@ from tamperaudit.score import (
     REFUSED_ONLY,
     REMOVED_BY_PROMPT,
     SCORED,
-    THRESHOLDS,
     UNCLEAR_AS_REFUSAL,
     CapabilityTables,
     SeedCurve,

@@ -1,0 +1,609 @@
+"""GPU check: the tiny-model audit end to end, LoRA training and generation speed at 7B/13B shapes.
+
+Random weights only (models are built from configs, nothing is downloaded or
+saved except the tiny audit model in a temporary folder, deleted afterwards).
+Rows, each in its own try/except so that one failure (an out-of-memory error,
+say) is reported in its row and the other rows still run:
+
+- **audit**: a tiny random Qwen2 chat model (byte-level BPE tokenizer, ChatML
+  template) is audited with ``tamperaudit.cli.main`` and tiny settings (budgets
+  0,2, control arm on), in bfloat16 on a GPU (float32 on a CPU), in a temporary
+  folder with its own ``TAMPERAUDIT_CACHE``. The row records the exit code, the
+  wall seconds, that ``report.json`` says ``complete``, and the attack's training
+  rate from the report.
+- **train**: tamperaudit's own trainer (``LoraAttack.train``, LoRA rank 16 on
+  every projection) on Llama-shaped models with 7B and 13B shapes, random
+  weights created on the device in bfloat16, gradient checkpointing off and on.
+  Each step is 8 sequences of 512 random tokens, loss on the second half of
+  each; micro-batches are what ``plan_memory`` gives (8192 padded tokens on a
+  GPU, so one pass a step). One untimed warm-up step, then ``--steps`` timed
+  steps; tokens/s and FLOPs are ``TrainState``'s own counts over the timed
+  steps (``state.tokens / state.seconds``, ``state.flops``: the
+  ``training_flops`` estimate, recomputation under checkpointing not counted,
+  as MFU conventionally does). The wall time of the timed steps with a device
+  synchronize at both ends is recorded beside it.
+- **generate**: ``tamperaudit.generation.generate`` (the audit's batched greedy
+  loop) on the 7B shape at the audit's defaults ``eval.batch_size`` prompts a
+  batch and ``eval.max_new_tokens`` new tokens, prompts of about 60 random
+  token ids sharing a 20-token prefix (as the chat template's system block is
+  shared). The stand-in tokenizer's end-of-turn id is -1 and the model's
+  generation config has none, so no row stops early: every row generates
+  ``max_new_tokens`` tokens (the JSON records generated and expected counts;
+  ``--tiny`` generates 16, not the audit's 64).
+  FLOPs are estimated as 2 x weights per computed position (the shared prefix
+  once, padded suffixes, fed-back tokens; the head at generated positions
+  only); decoding is memory-bound, so its MFU is low by nature.
+
+MFU is achieved FLOPs over the peak measured in the same run: the best of
+repeated 8192 x 8192 bfloat16 matmuls (float32 at 512 on a CPU), measured before
+and after the rows; the larger is used. Peak memory is
+``torch.cuda.max_memory_allocated`` since the row started (model build
+included), null on a CPU. Models are freed between rows.
+
+Without a GPU, ``--tiny`` is needed (reduced shapes: hidden 64-80, 2-3 layers,
+vocabulary 512, float32, about half a minute on 2 CPU cores); without it the
+check says a GPU is needed and exits 2. Exit 0 when every row succeeded, 1 when
+a row failed or was skipped for time (``--deadline``).
+
+    python benchmarks/gpu_check.py [--json out.json] [--steps 3] [--skip-audit]
+    python benchmarks/gpu_check.py --tiny --device cpu --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+WARMUP_STEPS = 1
+GIB = 1024**3
+
+# Llama-2 7B and 13B shapes (multi-head attention, vocabulary 32000).
+FULL_SHAPES = {
+    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000),
+    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, vocab_size=32000),
+}
+TINY_SHAPES = {
+    "7B": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512),
+    "13B": dict(hidden_size=80, intermediate_size=160, num_hidden_layers=3, num_attention_heads=5, vocab_size=512),
+}
+
+# The tests' tiny-audit settings (tests/conftest.py TINY_SETTINGS), precision given apart.
+AUDIT_SETTINGS = [
+    "--set", "eval.harmful_limit=6",
+    "--set", "eval.benign_limit=4",
+    "--set", "eval.capability_limit=6",
+    "--set", "eval.kl_limit=3",
+    "--set", "eval.max_new_tokens=6",
+    "--set", "eval.kl_tokens=5",
+    "--set", "eval.batch_size=4",
+    "--set", "attack.batch_size=2",
+    "--set", "attack.max_length=4096",
+]
+AUDIT_BUDGETS = "0,2"
+
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when there is one, else cpu")
+    parser.add_argument("--tiny", action="store_true", help="reduced shapes, for a CPU (about half a minute)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--skip-audit", action="store_true", help="leave out the tiny-model audit row")
+    parser.add_argument("--steps", type=int, help="timed training steps a row, after 1 untimed (default 3; 2 with --tiny)")
+    parser.add_argument(
+        "--deadline", type=float, default=450.0,
+        help="seconds since start after which rows not yet started are skipped (default 450)",
+    )
+    return parser.parse_args(argv)
+
+
+# --- models and inputs -----------------------------------------------------------------------
+
+
+class TokenIds:
+    """The tokenizer attributes LoraAttack and generate read, for inputs that are token ids already.
+
+    ``eos_token_id`` -1 is no token: no generated row ever stops at it.
+    """
+
+    pad_token_id = 0
+    eos_token_id = -1
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return ""
+
+
+def llama_config(shape: dict[str, int]) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**shape, num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=4096)
+
+
+def parameter_estimate(shape: dict[str, int]) -> int:
+    h, i, layers, v = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    return 2 * v * h + layers * (4 * h * h + 3 * h * i + 2 * h) + h
+
+
+def describe_shape(label: str, shape: dict[str, int], tiny: bool) -> str:
+    size = parameter_estimate(shape)
+    count = f"{size / 1e9:.2f}B" if size >= 1e8 else f"{size / 1e3:.0f}K"
+    return (
+        f"Llama {label}{' (tiny)' if tiny else ''}: {count} params, h{shape['hidden_size']} "
+        f"i{shape['intermediate_size']} L{shape['num_hidden_layers']} V{shape['vocab_size']}"
+    )
+
+
+def build_llama(shape: dict[str, int], dtype: Any, device: Any, seed: int) -> Any:
+    """Random weights created on the device, in ``dtype`` directly (no float32 copy, no CPU detour)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(llama_config(shape))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def random_examples(vocab: int, count: int, length: int, seed: int) -> list[Any]:
+    """Sequences of random token ids, the loss on the second half of each."""
+    import torch
+
+    from tamperaudit.attack import IGNORE, Example
+
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for index in range(count):
+        ids = torch.randint(1, vocab, (length,), generator=generator).tolist()
+        half = length // 2
+        examples.append(Example(f"random-{index}", tuple(ids), tuple([IGNORE] * half + ids[half:])))
+    return examples
+
+
+def random_prompts(vocab: int, count: int, seed: int, prefix: int = 20, low: int = 30, high: int = 50) -> list[list[int]]:
+    """Prompts of ``prefix`` shared ids and ``low``..``high`` own ids each (about 60 in all)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randint(1, vocab, (prefix,), generator=generator).tolist()
+    prompts = []
+    for _ in range(count):
+        length = int(torch.randint(low, high + 1, (1,), generator=generator))
+        prompts.append(shared + torch.randint(1, vocab, (length,), generator=generator).tolist())
+    return prompts
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: Any) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / GIB
+
+
+def free_all(device: Any) -> float | None:
+    """Collect garbage and return cached blocks; GiB still allocated afterwards (a leak shows here)."""
+    import torch
+
+    gc.collect()
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device) / GIB
+
+
+def matmul_peak_tflops(dtype: Any, device: Any, size: int, seconds: float) -> float:
+    """Best sustained TFLOPS of a square matmul: the fastest of repeated timed groups after a warm-up."""
+    import torch
+
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    out = torch.empty(size, size, dtype=dtype, device=device)
+    group = 10 if device.type == "cuda" else 1
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    synchronize(device)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(group):
+            torch.matmul(a, b, out=out)
+        synchronize(device)
+        best = max(best, 2 * size**3 * group / (time.perf_counter() - start) / 1e12)
+    del a, b, out
+    return best
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[str, Any]:
+    """The tiny-model audit through the command line's main(), in a temporary folder and cache."""
+    from tamperaudit.cli import main
+    from tamperaudit.fileio import read_json
+    from tamperaudit.testing import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="tamperaudit-gpu-check-") as scratch:
+        root = Path(scratch)
+        model_dir = build_tiny_model(root / "model")
+        out = root / "run"
+        argv = [
+            "audit", "--model", str(model_dir), "--out", str(out), "--budgets", AUDIT_BUDGETS, "--quiet",
+            *AUDIT_SETTINGS, "--set", f"model.precision={dtype_name}",
+        ]
+        # Only this run's settings: no TAMPERAUDIT_* from the environment, its own cache folder.
+        saved = {key: value for key, value in os.environ.items() if key.startswith("TAMPERAUDIT_")}
+        for key in saved:
+            del os.environ[key]
+        os.environ["TAMPERAUDIT_CACHE"] = str(root / "cache")
+        printed, errors = io.StringIO(), io.StringIO()  # its summary lines; its one-line error, if any
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                code = main(argv)
+        finally:
+            seconds = time.perf_counter() - started
+            os.environ.pop("TAMPERAUDIT_CACHE", None)
+            os.environ.update(saved)
+        report = read_json(out / "report.json") if (out / "report.json").is_file() else {}
+    status = report.get("status")
+    train = (report.get("points") or [{}])[-1].get("train") or {}
+    row: dict[str, Any] = {
+        "exit_code": code,
+        "report_status": status,
+        "seconds": seconds,
+        "timed_seconds": train.get("seconds"),
+        "audit_device": (report.get("hardware") or {}).get("device"),
+        "audit_gpu": (report.get("hardware") or {}).get("gpu_name"),
+        "precision": (report.get("model") or {}).get("precision"),
+        "training_plan": (report.get("model") or {}).get("training_memory"),
+        "attack_training": train,
+    }
+    if train.get("seconds"):
+        row["tokens_per_second"] = train["tokens"] / train["seconds"]
+        row["tflops"] = train["flops"] / train["seconds"] / 1e12
+        row["mfu"] = row["tflops"] / peak()
+    if code != 0 or status != "complete":
+        said = [line for line in errors.getvalue().splitlines() if line.startswith("tamperaudit:")][-1:]
+        raise RuntimeError(f"audit exit code {code}, report status {status!r}: {report.get('error') or ' '.join(said)}")
+    return row
+
+
+def train_row(
+    shape: dict[str, int], checkpointing: str, dtype: Any, device: Any, sequences: int, length: int, steps: int,
+    peak: Callable[[], float],
+) -> dict[str, Any]:
+    """tamperaudit's LoRA trainer on a random model: one untimed step, then ``steps`` timed ones."""
+    from tamperaudit.attack import LoraAttack, TrainState
+    from tamperaudit.config import AttackSettings
+
+    model = build_llama(shape, dtype, device, seed=0)  # the same weights for checkpointing on and off
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
+    settings = AttackSettings(gradient_checkpointing=checkpointing, batch_size=sequences, lora_rank=16, max_length=length)
+    attack = LoraAttack(model, TokenIds(), settings, device)
+    examples = random_examples(shape["vocab_size"], sequences, length, seed=1)
+    state = TrainState()
+    attack.train(examples, state, WARMUP_STEPS)
+    warm_tokens, warm_seconds, warm_flops = state.tokens, state.seconds, state.flops
+    synchronize(device)
+    started = time.perf_counter()
+    attack.train(examples, state, WARMUP_STEPS + steps)
+    synchronize(device)
+    wall = time.perf_counter() - started
+    tokens, seconds, flops = state.tokens - warm_tokens, state.seconds - warm_seconds, state.flops - warm_flops
+    tflops = flops / seconds / 1e12
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) is True for m in attack.model.modules())
+    return {
+        "tokens_per_second": tokens / seconds,
+        "tflops": tflops,
+        "mfu": tflops / peak(),
+        "timed_seconds": seconds,
+        "synchronized_seconds": wall,
+        "tokens_per_second_synchronized": tokens / wall,
+        "timed_steps": steps,
+        "timed_tokens": tokens,
+        "flops": flops,
+        "losses": state.losses,
+        "weights_gib": weights,
+        "lora_parameters": attack.lora_parameters,
+        "plan": attack.plan.as_dict(),
+        "checkpointing_in_model": checkpointed,
+    }
+
+
+def generate_row(
+    shape: dict[str, int], dtype: Any, device: Any, peak: Callable[[], float], new_tokens: int | None = None
+) -> dict[str, Any]:
+    """The audit's batched greedy generation at its default batch size and length, no early stops."""
+    from tamperaudit.config import EvalSettings
+    from tamperaudit.generation import common_prefix_length, generate
+    from tamperaudit.models import body_and_head_parameters
+
+    defaults = EvalSettings()
+    batch, new_tokens = defaults.batch_size, new_tokens or defaults.max_new_tokens
+    model = build_llama(shape, dtype, device, seed=0)
+    model.generation_config.eos_token_id = None  # random weights: no stop token at all, every row runs full length
+    tokenizer = TokenIds()
+    prompts = random_prompts(shape["vocab_size"], batch, seed=2)
+    generate(model, tokenizer, prompts[:8], 2, 8)  # warm-up, untimed
+    synchronize(device)
+    completions, stats = generate(model, tokenizer, prompts, new_tokens, batch)
+    body, head = body_and_head_parameters(model)
+    # positions the loop computes: the shared prefix once, the left-padded suffixes, then each fed-back token
+    prefix = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+    positions = prefix + batch * (max(len(p) for p in prompts) - prefix) + max(0, stats.generated_tokens - batch)
+    flops = 2.0 * body * positions + 2.0 * head * stats.generated_tokens
+    tflops = flops / stats.seconds / 1e12
+    return {
+        "tokens_per_second": stats.generated_tokens / stats.seconds,
+        "tflops": tflops,
+        "mfu": tflops / peak(),
+        "timed_seconds": stats.seconds,
+        "prompts": stats.prompts,
+        "batch_size": batch,
+        "prompt_tokens": stats.prompt_tokens,
+        "shared_prefix_tokens": prefix,
+        "computed_positions": positions,
+        "max_new_tokens": new_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "expected_tokens": batch * new_tokens,
+        "rows_stopped_early": sum(1 for c in completions if c.finished or c.settled),
+        "flops": flops,
+    }
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
+def cell(value: Any, form: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, form)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| row | shape | setting | tokens/s | TFLOPS | MFU | peak GiB | seconds (timed / row) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(
+                f"| {row['name']} | {row['shape']} | {row['setting']} | {row['status'].upper()}: {row.get('error', '')} "
+                f"| - | - | {cell(row.get('peak_gib'), '.1f')} | - / {cell(row.get('seconds'), '.1f')} |"
+            )
+            continue
+        mfu = row.get("mfu")
+        lines.append(
+            f"| {row['name']} | {row['shape']} | {row['setting']} | {cell(row.get('tokens_per_second'), ',.0f')} "
+            f"| {cell(row.get('tflops'), '.3g')} | {cell(None if mfu is None else 100 * mfu, '.1f')}% "
+            f"| {cell(row.get('peak_gib'), '.1f')} | {cell(row.get('timed_seconds'), '.2f')} / {cell(row.get('seconds'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def notes(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        if "plan" in row:
+            plan = row["plan"]
+            estimate = plan["activation_bytes"] / GIB
+            lines.append(
+                f"- {row['name']} {row['setting']}: plan {plan['micro_batch_tokens']}-token micro-batches, "
+                f"checkpointing {'on' if plan['gradient_checkpointing'] else 'off'} (in the model: "
+                f"{row['checkpointing_in_model']}); weights {row['weights_gib']:.1f} GiB, plan's activation "
+                f"estimate without checkpointing {estimate:.1f} GiB; synchronized wall {row['synchronized_seconds']:.2f} s "
+                f"for {row['timed_steps']} steps ({row['tokens_per_second_synchronized']:,.0f} tokens/s); "
+                f"losses {', '.join(f'{x:.3f}' for x in row['losses'])}"
+            )
+        if "loss_gap_to_other_checkpointing" in row:
+            lines.append(f"  loss gap to the same shape with checkpointing the other way: {row['loss_gap_to_other_checkpointing']:.2e}")
+        if "generated_tokens" in row:
+            lines.append(
+                f"- {row['name']}: {row['prompts']} prompts ({row['prompt_tokens']} prompt tokens), batch {row['batch_size']}, "
+                f"{row['generated_tokens']} tokens generated of {row['expected_tokens']} expected "
+                f"({row['rows_stopped_early']} rows stopped early)"
+            )
+        if "report_status" in row:
+            lines.append(
+                f"- {row['name']}: exit code {row['exit_code']}, report.json status {row['report_status']}, "
+                f"on {' '.join(x for x in (row['audit_device'], row['audit_gpu']) if x)} in {row['precision']}; rates are the attack's training "
+                "steps from report.json"
+            )
+    return lines
+
+
+def hardware_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch: the audit (which picks its own device) stays on the CPU too
+    import torch
+    import transformers
+    import peft
+
+    from tamperaudit import progress
+
+    began = time.perf_counter()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: --device cuda, but no GPU is visible to PyTorch", file=sys.stderr)
+        return 2
+    if device.type == "cpu" and not args.tiny:
+        print(
+            "gpu_check: the full check needs a GPU (7B and 13B shapes in bfloat16); "
+            "on a CPU run the reduced form: python benchmarks/gpu_check.py --tiny --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    progress.set_quiet(True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if device.type == "cuda":
+        dtype, dtype_name, matmul_size, peak_seconds = torch.bfloat16, "bfloat16", 8192, 2.0
+    else:
+        dtype, dtype_name, matmul_size, peak_seconds = torch.float32, "float32", 512, 0.5
+    shapes = TINY_SHAPES if args.tiny else FULL_SHAPES
+    sequences, length = (4, 64) if args.tiny else (8, 512)
+    steps = args.steps or (2 if args.tiny else 3)
+
+    peaks = [matmul_peak_tflops(dtype, device, matmul_size, peak_seconds)]
+    free_all(device)
+
+    def peak() -> float:
+        return max(peaks)
+
+    header = [
+        f"device: {hardware_name(device)}",
+        f"torch {torch.__version__}, CUDA {torch.version.cuda or '-'}, transformers {transformers.__version__}, peft {peft.__version__}",
+        f"measured {dtype_name} matmul peak ({matmul_size}x{matmul_size}, best of repeated runs): {peaks[0]:.1f} TFLOPS",
+        f"training: {sequences} sequences x {length} random tokens a step (loss on the second half), LoRA r=16 on all "
+        f"projections, {WARMUP_STEPS} untimed + {steps} timed steps; {'tiny shapes' if args.tiny else 'full shapes'}, {dtype_name}",
+    ]
+    for line in header:
+        print(line, flush=True)
+
+    plans: list[tuple[str, str, str, Callable[[], dict[str, Any]]]] = []
+    if not args.skip_audit:
+        plans.append(("audit", "Qwen2 tiny chat model: h32 i64 L2 V600", f"{dtype_name}, budgets {AUDIT_BUDGETS}, control on",
+                      lambda: audit_row(device, dtype_name, peak)))
+    for label in ("7B", "13B"):
+        for checkpointing in ("off", "on"):
+            plans.append((
+                f"train {label}", describe_shape(label, shapes[label], args.tiny),
+                f"{dtype_name}, grad ckpt {checkpointing}, {sequences}x{length}",
+                lambda shape=shapes[label], c=checkpointing: train_row(shape, c, dtype, device, sequences, length, steps, peak),
+            ))
+    # --tiny: the audit's batch size, but 16 new tokens instead of its 64 (seconds on a 2-core CPU)
+    new_tokens = 16 if args.tiny else None
+    plans.append((
+        "generate 7B", describe_shape("7B", shapes["7B"], args.tiny),
+        f"{dtype_name}, greedy, audit batch, {new_tokens or 'audit'} new tokens",
+        lambda: generate_row(shapes["7B"], dtype, device, peak, new_tokens),
+    ))
+
+    rows: list[dict[str, Any]] = []
+    for name, shape, setting, measure in plans:
+        row: dict[str, Any] = {"name": name, "shape": shape, "setting": setting}
+        elapsed = time.perf_counter() - began
+        if elapsed > args.deadline:
+            row.update(status="skipped", error=f"not started: {elapsed:.0f} s past start, over --deadline {args.deadline:.0f}")
+            rows.append(row)
+            continue
+        print(f"running: {name}, {setting} ...", file=sys.stderr, flush=True)
+        reset_peak(device)
+        started = time.perf_counter()
+        try:
+            row.update(measure())
+            row["status"] = "ok"
+        except Exception as error:  # one row's failure (an OOM, say) must not stop the others
+            row.update(status="failed", error=one_line(error))
+        row["seconds"] = time.perf_counter() - started
+        row["peak_gib"] = peak_gib(device)
+        if device.type == "cuda":
+            row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+        row["allocated_after_gib"] = free_all(device)
+        rows.append(row)
+
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok" and "losses" in row:
+            by_name.setdefault(row["name"], []).append(row)
+    for pair in by_name.values():
+        if len(pair) == 2:
+            gap = max(abs(a - b) for a, b in zip(pair[0]["losses"], pair[1]["losses"]))
+            for row in pair:
+                row["loss_gap_to_other_checkpointing"] = gap
+
+    peaks.append(matmul_peak_tflops(dtype, device, matmul_size, peak_seconds))
+    free_all(device)
+    total = time.perf_counter() - began
+    print(f"matmul peak after the rows: {peaks[1]:.1f} TFLOPS (MFU uses the larger, {peak():.1f})")
+    print()
+    print(table(rows))
+    print()
+    for line in notes(rows):
+        print(line)
+    print(f"total: {total:.0f} s")
+
+    if args.json:
+        result = {
+            "device": hardware_name(device),
+            "device_type": device.type,
+            "dtype": dtype_name,
+            "tiny": args.tiny,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "peak_tflops": peaks,
+            "peak_tflops_used": peak(),
+            "matmul_size": matmul_size,
+            "training": {"sequences": sequences, "length": length, "warmup_steps": WARMUP_STEPS, "timed_steps": steps},
+            "total_seconds": total,
+            "rows": rows,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""benchmarks/gpu_check.py in its reduced form on a CPU: every row runs and reports sane numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tamperaudit.config import EvalSettings
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAMPERAUDIT_")}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| row | shape | setting | tokens/s |" in done.stdout
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["device_type"] == "cpu" and result["tiny"] is True
+    assert result["peak_tflops_used"] > 0
+    rows = result["rows"]
+    names = [row["name"] for row in rows]
+    assert names == ["audit", "train 7B", "train 7B", "train 13B", "train 13B", "generate 7B"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["tokens_per_second"] > 0, row
+        assert math.isfinite(row["mfu"]) and row["mfu"] > 0, row
+        assert row["peak_gib"] is None or row["peak_gib"] >= 0, row
+    audit = rows[0]
+    assert audit["exit_code"] == 0 and audit["report_status"] == "complete"
+    assert audit["audit_device"] == "cpu"
+    trains = rows[1:5]
+    assert [row["plan"]["gradient_checkpointing"] for row in trains] == [False, True, False, True]
+    assert [row["checkpointing_in_model"] for row in trains] == [False, True, False, True]
+    for row in trains:
+        assert row["timed_steps"] == result["training"]["timed_steps"]
+        assert row["timed_tokens"] == row["timed_steps"] * result["training"]["sequences"] * result["training"]["length"]
+        # same weights, data and seed: checkpointing recomputes, it does not change the losses
+        assert row["loss_gap_to_other_checkpointing"] < 1e-4
+    generated = rows[5]
+    assert generated["generated_tokens"] == generated["expected_tokens"] and generated["rows_stopped_early"] == 0
+    assert generated["batch_size"] == EvalSettings().batch_size == generated["prompts"]
