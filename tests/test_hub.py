@@ -140,6 +140,12 @@ def test_a_cached_hub_id_works_offline_and_an_uncached_one_is_one_line(fake_hub,
     assert "HF_HUB_OFFLINE" in err
 
 
+def test_a_revision_for_a_local_model_is_an_error(tiny_model_dir, capsys):
+    assert main(["audit", "--model", str(tiny_model_dir), "--revision", "v2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "applies to Hub IDs" in err
+
+
 def test_no_network_falls_back_to_the_cache(fake_hub, monkeypatch):
     online = models.resolve_source("acme/tiny-chat")
     fake_hub.server.shutdown()

@@ -398,6 +398,8 @@ def _resolve_hub(spec: str, revision: str) -> ModelSource:
 def resolve_source(spec: str, revision: str = "") -> ModelSource:
     """Turn what the user wrote into a loadable folder, converting GGUF once and downloading
     a Hub ID once (``revision`` applies to Hub IDs only)."""
+    if revision and not looks_like_hub_id(spec):
+        raise UserError(f"model.revision={revision} applies to Hub IDs (org/name) only, not to {spec}")
     if spec in BUILTIN_MODELS:
         model = BUILTIN_MODELS[spec]
         folder = _converted_folder(model.sha256)
