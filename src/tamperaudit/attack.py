@@ -20,6 +20,7 @@ the estimated activations would not fit the device's free memory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -240,7 +241,7 @@ class MemoryPlan:
     free_bytes: int | None  # on the device(s) when the plan was made; None when unknown
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 def activation_bytes(config: Any, tokens: int, element_bytes: int, checkpointing: bool) -> int:

@@ -191,8 +191,8 @@ class CostSettings:
     projection_utilization: float = _setting(
         0.40,
         "Share of a GPU's dense bfloat16 peak that the report's projection to Llama 2 7B/13B/70B "
-        "assumes LoRA training reaches (40%: typical of well-tuned LoRA fine-tuning; the GPU check "
-        "measures it).",
+        "assumes LoRA training reaches (0.40 is an assumption, not a measurement; "
+        "benchmarks/gpu_check.py measures it on your GPU).",
     )
 
 

@@ -31,15 +31,15 @@ from typing import Any, Iterator
 
 from tamperaudit import __version__, faults, models, progress
 from tamperaudit.attack import (
-    MemoryPlan,
-    plan_memory,
     ADAPTER_DIR,
     OPTIMIZER_FILE,
     TRAIN_FILE,
     Checkpoint,
     Example,
     LoraAttack,
+    MemoryPlan,
     TrainState,
+    plan_memory,
     tokenize_conversation,
 )
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
@@ -207,7 +207,7 @@ class Context:
     probes: Probes
     judge: Judge
     started: float  # time.monotonic() when this process began work on the run (loading included)
-    plan: MemoryPlan | None = None  # set by the first training of this process
+    plan: MemoryPlan | None = None  # planned by the first training (or report) of this process
 
     @property
     def tokenizer(self) -> Any:
@@ -549,7 +549,7 @@ def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportIn
         model={"spec": loaded.source.spec, "kind": loaded.source.kind, "sha256": loaded.source.sha256,
                "source": loaded.source.describe(), "precision": loaded.precision.name,
                "precision_reason": loaded.precision.reason, **loaded.info,
-               "training_memory": ctx.plan.as_dict() if ctx.plan is not None else None},
+               "training_memory": ctx.memory_plan(settings.attack).as_dict() if trained_budgets(settings) else None},
         device=loaded.device,
         datasets=ctx.probes.described(),
         dataset_hashes=ctx.probes.hashes(),

@@ -130,8 +130,10 @@ def projection(report: dict[str, Any], settings: Settings) -> dict[str, Any] | N
     relative = score.get("relative") or {}
     if relative.get("reached") and relative.get("cost"):
         cost, basis = relative["cost"], f"the tokens to removal measured here ({report['headline_mode']}, relative threshold)"
-    else:
+    elif score.get("status") == SCORED:
         cost, basis = points[-1]["cost"], "the largest budget's tokens (removal was not reached, so this is a lower bound)"
+    else:
+        cost, basis = points[-1]["cost"], f"the largest budget's tokens (no removal figure: the score is '{score.get('status')}')"
     utilization = settings.cost.projection_utilization
     return {
         "basis": basis,

@@ -26,8 +26,8 @@ a share with its 95% Wilson interval):
   "parameters" (4-bit weights counted as weights, not bytes), "quantization" ("none" or
   "nf4": the base loaded in 4 bits, every figure measured on it), "quantization_description",
   "weight_bytes", "devices", "training_memory": {"micro_batch_tokens",
-  "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"} or null
-  when nothing was trained, ...}.
+  "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"}: the plan
+  of the process that wrote the report (null without attack budgets), ...}.
 - ``hardware``: {"description", "device", "threads", "gpus", "gpu_name"}; ``price``:
   {"per_hour", "source"}: configured, the CPU default, or the GPU table's row (times the GPUs).
 - ``projection``: null without attack budgets, else {"basis": which tokens (to removal, or the
