@@ -81,18 +81,6 @@ TINY_SHAPES = {
     "13B": dict(hidden_size=80, intermediate_size=160, num_hidden_layers=3, num_attention_heads=5, vocab_size=512),
 }
 
-# The tests' tiny-audit settings (tests/conftest.py TINY_SETTINGS), precision given apart.
-AUDIT_SETTINGS = [
-    "--set", "eval.harmful_limit=6",
-    "--set", "eval.benign_limit=4",
-    "--set", "eval.capability_limit=6",
-    "--set", "eval.kl_limit=3",
-    "--set", "eval.max_new_tokens=6",
-    "--set", "eval.kl_tokens=5",
-    "--set", "eval.batch_size=4",
-    "--set", "attack.batch_size=2",
-    "--set", "attack.max_length=4096",
-]
 AUDIT_BUDGETS = "0,2"
 
 
@@ -257,7 +245,7 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
     """The tiny-model audit through the command line's main(), in a temporary folder and cache."""
     from tamperaudit.cli import main
     from tamperaudit.fileio import read_json
-    from tamperaudit.testing import build_tiny_model
+    from tamperaudit.testing import TINY_AUDIT_SETTINGS, build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="tamperaudit-gpu-check-") as scratch:
         root = Path(scratch)
@@ -265,7 +253,7 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
         out = root / "run"
         argv = [
             "audit", "--model", str(model_dir), "--out", str(out), "--budgets", AUDIT_BUDGETS, "--quiet",
-            *AUDIT_SETTINGS, "--set", f"model.precision={dtype_name}",
+            *TINY_AUDIT_SETTINGS, "--set", f"model.precision={dtype_name}",
         ]
         # Only this run's settings: no TAMPERAUDIT_* from the environment, its own cache folder.
         saved = {key: value for key, value in os.environ.items() if key.startswith("TAMPERAUDIT_")}

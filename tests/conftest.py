@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tamperaudit.testing import build_tiny_model
+from tamperaudit.testing import TINY_AUDIT_SETTINGS, build_tiny_model
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
@@ -29,18 +29,7 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # Settings that make an audit of the tiny model take seconds.
-TINY_SETTINGS = [
-    "--set", "eval.harmful_limit=6",
-    "--set", "eval.benign_limit=4",
-    "--set", "eval.capability_limit=6",
-    "--set", "eval.kl_limit=3",
-    "--set", "eval.max_new_tokens=6",
-    "--set", "eval.kl_tokens=5",
-    "--set", "eval.batch_size=4",
-    "--set", "attack.batch_size=2",
-    "--set", "attack.max_length=4096",
-    "--set", "model.precision=float32",
-]
+TINY_SETTINGS = [*TINY_AUDIT_SETTINGS, "--set", "model.precision=float32"]
 
 
 SHARED_REASON = "../shared/benchmarks is not present"

@@ -10,6 +10,19 @@ import json
 from pathlib import Path
 
 
+# Settings that make an audit of the tiny model take seconds (precision left to the caller).
+TINY_AUDIT_SETTINGS = [
+    "--set", "eval.harmful_limit=6",
+    "--set", "eval.benign_limit=4",
+    "--set", "eval.capability_limit=6",
+    "--set", "eval.kl_limit=3",
+    "--set", "eval.max_new_tokens=6",
+    "--set", "eval.kl_tokens=5",
+    "--set", "eval.batch_size=4",
+    "--set", "attack.batch_size=2",
+    "--set", "attack.max_length=4096",
+]
+
 CHATML = (
     "{%- for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
