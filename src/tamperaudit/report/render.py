@@ -202,6 +202,10 @@ def _projection_lines(projection: dict[str, Any] | None) -> list[str]:
     return out + [""]
 
 
+def _generation_line(backend: dict[str, Any]) -> str:
+    return f"{backend['name']} ({backend['reason']}): {backend['engine']}; extra memory: {backend['extra_memory']}"
+
+
 def _memory_line(plan: dict[str, Any]) -> str:
     checkpointing = "on" if plan["gradient_checkpointing"] else "off"
     return f"{plan['micro_batch_tokens']} tokens per pass, gradient checkpointing {checkpointing} ({plan['reason']})"
@@ -286,6 +290,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit process(es) that worked on this run "
         f"(model loading included): {_number(report['run']['wall_seconds'], 1)} s",
         f"- judge: {_judge_line(report['judge'])}",
+        *([f"- generation: {_generation_line(report['generation_backend'])}"] if report.get("generation_backend") else []),
         f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
         *_throughput_lines(report),
         "",

@@ -30,6 +30,10 @@ a share with its 95% Wilson interval):
   of the process that wrote the report (null without attack budgets), ...}.
 - ``hardware``: {"description", "device", "threads", "gpus", "gpu_name"}; ``price``:
   {"per_hour", "source"}: configured, the CPU default, or the GPU table's row (times the GPUs).
+- ``generation_backend``: {"name": "hf" or "vllm", "reason": why it was chosen, "engine": its
+  settings in words, "extra_memory": memory beyond the transformers model, and for vLLM
+  "engine_start_seconds"}. Each point's ``metrics.throughput.generation.backend`` names the
+  backend that generated it.
 - ``projection``: null without attack budgets, else {"basis": which tokens (to removal, or the
   largest budget's when removal was not reached), "tokens", "labelled_tokens", "lora_rank",
   "utilization", "assumes": the assumptions in words, "rows": [{"model" (Llama-2-7B/13B/70B),

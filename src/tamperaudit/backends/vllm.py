@@ -1,0 +1,193 @@
+"""The vLLM backend: the base model served once per process, each adapter a LoRARequest.
+
+Nothing is merged: vLLM applies the budget's LoRA weights beside the base weights,
+so no full copy of attacked weights is ever written or held. The engine is
+created at the first generation and reused for every budget, arm and mode of the
+run; its LoRA slots are sized to what the pipeline evaluates at once (one
+adapter) and its rank to the largest rank the run trains (vLLM allocates LoRA
+buffers at that rank). Greedy decoding, the same token-id prompts and stop tokens
+as the HF loop; the early stops are applied to whole completions afterwards, at
+the check points the HF loop uses, so both backends record the same tokens.
+
+vLLM starts worker processes with the spawn method: a script that audits through
+it must guard its entry point with ``if __name__ == "__main__":`` (the
+``tamperaudit`` command and ``python -m tamperaudit`` do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tamperaudit import progress
+from tamperaudit.errors import UserError
+from tamperaudit.generation import Completion, GenerationStats, cut_at_settled, stop_token_ids
+
+# The LoRA ranks vLLM accepts for max_lora_rank (vllm.config.lora).
+ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# KV-cache memory of a CPU engine (vLLM's CPU backend needs it given); 2 GiB holds
+# about 20,000 tokens of the default model's cache in float32.
+CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+
+def engine_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds ``rank``."""
+    for allowed in ENGINE_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise UserError(f"LoRA rank {rank} is above vLLM's largest ({ENGINE_LORA_RANKS[-1]}); use eval.backend=hf")
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+class VllmGenerator:
+    name = "vllm"
+    needs_adapter_files = True
+
+    def __init__(
+        self,
+        reason: str,
+        folder: Path,
+        dtype: str,
+        lora_rank: int,
+        tensor_parallel_size: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        memory_fraction: float,
+        device_type: str,
+    ) -> None:
+        self.reason = reason
+        self.folder = folder
+        self.dtype = dtype
+        self.lora_rank = engine_lora_rank(lora_rank)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.memory_fraction = memory_fraction
+        self.device_type = device_type
+        self._llm: Any = None
+        self._lora_ids: dict[tuple[str, int], int] = {}
+        self.engine_seconds: float | None = None
+
+    def _engine(self) -> Any:
+        if self._llm is not None:
+            return self._llm
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown the progress bars
+        from vllm import LLM
+
+        options: dict[str, Any] = {
+            "model": str(self.folder),
+            "tokenizer": str(self.folder),
+            "dtype": self.dtype,
+            "trust_remote_code": False,
+            "enable_lora": True,
+            "max_lora_rank": self.lora_rank,
+            "max_loras": 1,  # the pipeline measures one budget's adapter at a time
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "max_num_seqs": self.max_num_seqs,
+            "max_model_len": self.max_model_len,
+            "seed": 0,
+        }
+        if self.device_type == "cuda":
+            options["gpu_memory_utilization"] = self.memory_fraction
+        else:
+            options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            options["enforce_eager"] = True  # compiling graphs takes minutes on a CPU and gains little there
+        started = time.perf_counter()
+        with progress.spinner(f"starting the vLLM engine on {self.folder.name} ({self.dtype})"):
+            self._llm = LLM(**options)
+        self.engine_seconds = time.perf_counter() - started
+        return self._llm
+
+    def _lora_request(self, adapter: Path | None) -> Any:
+        """One LoRARequest per adapter file version: a budget's adapter written later at the same
+        path gets a new id, so vLLM never serves a stale adapter from its cache."""
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        weights = adapter / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise UserError(f"{adapter}: no adapter_model.safetensors for vLLM to load")
+        rank = int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+        if rank > self.lora_rank:
+            raise UserError(f"{adapter}: LoRA rank {rank} is above the engine's {self.lora_rank}; use eval.backend=hf")
+        key = (str(adapter.resolve()), weights.stat().st_mtime_ns)
+        if key not in self._lora_ids:
+            self._lora_ids[key] = len(self._lora_ids) + 1
+        number = self._lora_ids[key]
+        return LoRARequest(f"adapter-{number}", number, str(adapter))
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        batch_size: int,
+        desc: str = "generating",
+        settled: Callable[[int, list[int]], bool] | None = None,
+        adapter: Path | None = None,
+    ) -> tuple[list[Completion], GenerationStats]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = self._engine()
+        stops = stop_token_ids(tokenizer, model)
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=sorted(stops), skip_special_tokens=True)
+        longest = max((len(p) for p in prompts), default=0)
+        if longest + max_new_tokens > self.max_model_len:
+            raise UserError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new ones is over the vLLM engine's "
+                f"eval.vllm_max_model_len={self.max_model_len}; raise it"
+            )
+        stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts))
+        progress.note(f"{desc}: {len(prompts)} prompts through vLLM")
+        started = time.perf_counter()
+        outputs = llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            params,
+            lora_request=self._lora_request(adapter),
+            use_tqdm=not progress.is_quiet(),
+        )
+        stats.seconds = time.perf_counter() - started
+        completions = []
+        for index, output in enumerate(outputs):
+            sequence = output.outputs[0]
+            tokens = list(sequence.token_ids)
+            stats.generated_tokens += len(tokens)
+            finished = sequence.finish_reason == "stop"
+            if finished and tokens and tokens[-1] in stops:
+                tokens.pop()  # the end-of-turn token is not part of the reply (as in the HF loop)
+            check = None if settled is None else (lambda row_tokens, index=index: settled(index, row_tokens))
+            tokens, finished, early = cut_at_settled(tokens, finished, check)
+            completions.append(Completion(tuple(tokens), tokenizer.decode(tokens, skip_special_tokens=True), finished, early))
+        return completions, stats
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        weights = _weight_bytes(self.folder)
+        cache = (
+            f"{100 * self.memory_fraction:.0f}% of GPU memory for its weights and KV cache"
+            if self.device_type == "cuda"
+            else f"{CPU_KV_CACHE_BYTES / 1024**3:.0f} GiB of KV cache"
+        )
+        return {
+            "name": self.name,
+            "reason": self.reason,
+            "engine": (
+                f"vLLM {vllm.__version__}, {self.dtype}, LoRA rank up to {self.lora_rank}, 1 adapter at a time "
+                f"(never merged), tensor parallel {self.tensor_parallel_size}, up to {self.max_num_seqs} sequences"
+            ),
+            "extra_memory": (
+                f"a second copy of the base weights ({weights / 1e9:.2f} GB on disk) and {cache}, beside the "
+                "transformers model that is trained and scores multiple choice and KL"
+            ),
+            "engine_start_seconds": self.engine_seconds,
+        }
