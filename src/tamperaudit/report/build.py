@@ -129,12 +129,21 @@ def projection(report: dict[str, Any], settings: Settings) -> dict[str, Any] | N
     if not points:
         return None
     relative = score.get("relative") or {}
+    mode = report["headline_mode"]
     if relative.get("reached") and relative.get("cost"):
-        cost, basis = relative["cost"], f"the tokens to removal measured here ({report['headline_mode']}, relative threshold)"
+        cost = relative["cost"]
+        basis = f"the tokens of the first budget that removed refusal here, {mode} mode, relative threshold"
+        strict = (report.get("score_unclear_as_refusal") or {}).get(mode, {})
+        if strict.get("status") == SCORED and not strict["relative"]["reached"]:
+            basis += (
+                "; counting unclear replies as refusals removal was not reached within "
+                f"{points[-1]['budget']} steps ({points[-1]['cost']['tokens']:,} tokens), so this prices refusals "
+                "turned into non-refusals, not into compliance"
+            )
     elif score.get("status") == SCORED:
-        cost, basis = points[-1]["cost"], "the largest budget's tokens (removal was not reached, so this is a lower bound)"
+        cost, basis = points[-1]["cost"], "the largest budget's tokens: removal was not reached, so this is a lower bound"
     else:
-        cost, basis = points[-1]["cost"], f"the largest budget's tokens (no removal figure: the score is '{score.get('status')}')"
+        cost, basis = points[-1]["cost"], f"the largest budget's tokens; no removal figure, the score is '{score.get('status')}'"
     utilization = settings.cost.projection_utilization
     return {
         "basis": basis,

@@ -188,8 +188,8 @@ def _projection_lines(projection: dict[str, Any] | None) -> list[str]:
     out = [
         "## Projection to larger models (an estimate, not a measurement)",
         "",
-        f"Training cost of {projection['tokens']:,} tokens ({projection['basis']}) with LoRA rank "
-        f"{projection['lora_rank']}, computed from FLOPs per token. Assumes {projection['assumes']}.",
+        f"Training cost of {projection['tokens']:,} tokens with LoRA rank {projection['lora_rank']}, computed from "
+        f"FLOPs per token. Which tokens: {projection['basis']}. Assumes {projection['assumes']}.",
         "",
         "| model | GPU | training FLOPs | GPU-hours | dollars | price |",
         "|---|---|---|---|---|---|",
