@@ -5,6 +5,13 @@ the main test environment, so they run in an environment of their own (see the R
 "Generation through vLLM"); the main suite deselects them (``-m "not vllm"`` in
 pyproject.toml). One quick audit generates through vLLM with its adapter kept; the
 same prompts are then generated again on the HF path, unattacked and with that adapter.
+
+To fit CI, the quick audit asks one harmful request per category (11, in both modes),
+fewer benign, multiple-choice and KL prompts than ``--quick`` alone, 32 new tokens
+instead of 64, and trains on 2 conversations a step instead of 4; vLLM's CPU
+build applies LoRA at about a third of its speed without it (measured 11 against 35
+generated tokens/s), so the attacked budget dominates. Run with
+TAMPERAUDIT_VLLM_FULL_QUICK=1 for the plain ``--quick`` prompt counts.
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ def vllm_run(tmp_path_factory) -> Path:
     """`tamperaudit audit --quick` with eval.backend=vllm, its budget's adapter kept for the comparison."""
     out = tmp_path_factory.mktemp("vllm") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAMPERAUDIT_FAULT")}
+    smaller = [] if os.environ.get("TAMPERAUDIT_VLLM_FULL_QUICK") == "1" else [
+        "--set", "eval.harmful_limit=11", "--set", "eval.benign_limit=6",
+        "--set", "eval.capability_limit=12", "--set", "eval.kl_limit=4",
+        "--set", "eval.max_new_tokens=32", "--set", "attack.batch_size=2",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "tamperaudit", "audit", "--quick", "--quiet", "--keep-adapters", "--out", str(out),
-         "--set", "eval.backend=vllm", "--set", "model.precision=float32"],
+         "--set", "eval.backend=vllm", "--set", "model.precision=float32", *smaller],
         capture_output=True, text=True, env=env, timeout=3600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -61,7 +73,8 @@ def test_the_adapter_is_really_applied(vllm_run):
     """lm-eval issue #2432: vLLM + LoRA silently giving base-model results."""
     base, attacked = (_harmful(vllm_run, stage) for stage in STAGES)
     changed = sum(base[key]["completion"] != attacked[key]["completion"] for key in base)
-    assert changed >= len(base) // 2, f"only {changed} of {len(base)} completions changed with the adapter"
+    # Greedy decoding is deterministic here: an adapter vLLM ignored would change none.
+    assert changed >= len(base) // 4, f"only {changed} of {len(base)} completions changed with the adapter"
 
 
 def test_hf_and_vllm_agree_unattacked_and_with_the_adapter(vllm_run, capsys):

@@ -397,7 +397,9 @@ def resolve(
 
 
 # Environment variables of ours that are not settings.
-NON_SETTING_ENV = frozenset({"TAMPERAUDIT_CACHE", "TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL", "TAMPERAUDIT_FAIL_ON_SKIP"})
+NON_SETTING_ENV = frozenset(
+    {"TAMPERAUDIT_CACHE", "TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL", "TAMPERAUDIT_FAIL_ON_SKIP", "TAMPERAUDIT_VLLM_FULL_QUICK"}
+)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

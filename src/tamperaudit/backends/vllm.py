@@ -77,7 +77,7 @@ class VllmGenerator:
     def _engine(self) -> Any:
         if self._llm is not None:
             return self._llm
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown the progress bars
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO and WARNING lines drown the progress bars
         from vllm import LLM
 
         options: dict[str, Any] = {
