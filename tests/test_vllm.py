@@ -16,6 +16,7 @@ TAMPERAUDIT_VLLM_FULL_QUICK=1 for the plain ``--quick`` prompt counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -97,11 +98,8 @@ def test_hf_and_vllm_agree_unattacked_and_with_the_adapter(vllm_run, capsys):
         theirs = _harmful(vllm_run, stage)
         verdicts = tokens = leading = total = 0
         for mode in ("plain", "trigger"):
-            if stage == STAGES[0]:
-                with adapted.disable_adapter():
-                    ours, _ = run_prompt_eval(adapted, loaded.tokenizer, PromptEval("harmful", mode, prompts), judge, attack,
-                                              settings.eval.max_new_tokens, settings.eval.batch_size, generator=HfGenerator())
-            else:
+            state = adapted.disable_adapter() if stage == STAGES[0] else contextlib.nullcontext()
+            with state:
                 ours, _ = run_prompt_eval(adapted, loaded.tokenizer, PromptEval("harmful", mode, prompts), judge, attack,
                                           settings.eval.max_new_tokens, settings.eval.batch_size, generator=HfGenerator())
             for sample in ours:

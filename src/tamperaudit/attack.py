@@ -32,6 +32,7 @@ import torch
 
 from tamperaudit import faults, progress
 from tamperaudit.config import AttackSettings
+from tamperaudit.cost import training_flops
 from tamperaudit.models import body_and_head_parameters
 from tamperaudit.data import Conversation
 from tamperaudit.errors import UserError, is_out_of_memory
@@ -89,19 +90,6 @@ def tokenize_conversation(tokenizer: Any, conversation: Conversation, max_length
 
 def lora_parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def training_flops(
-    body_parameters: int, head_parameters: int, lora_parameters: int, tokens: int, labelled_tokens: int
-) -> float:
-    """Estimated FLOPs of LoRA training steps, the usual 2-FLOPs-per-weight-per-token count.
-
-    Forward: 2 x weights x tokens. Backward through frozen weights needs input
-    gradients only (2 x weights x tokens), not weight gradients. The vocabulary
-    head runs only at labelled positions. LoRA weights take the full 6 x count.
-    Attention score FLOPs are left out (small at these lengths).
-    """
-    return 4.0 * body_parameters * tokens + 4.0 * head_parameters * labelled_tokens + 6.0 * lora_parameters * tokens
 
 
 @dataclass
@@ -360,17 +348,16 @@ class LoraAttack:
     def _set_checkpointing(self, enabled: bool) -> None:
         """Non-reentrant checkpointing: it needs no gradient on the (frozen) inputs, unlike
         the reentrant kind, and gives the same gradients as no checkpointing. transformers 5
-        renamed the calls (activation_*); older versions have only gradient_checkpointing_*."""
+        renamed the calls (activation_*); older versions have only gradient_checkpointing_*.
+        One plan serves a whole process, so it is never switched off again."""
+        if not enabled:
+            return
         base = self.model.get_base_model()
         options = {"use_reentrant": False}
-        if enabled:
-            if hasattr(base, "activation_checkpointing_enable"):
-                base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-            else:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-        elif any(getattr(module, "gradient_checkpointing", False) is True for module in base.modules()):
-            # left on by an earlier attack on this base
-            (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
     def start(self, seed: int) -> None:
         """Fresh LoRA weights drawn from ``seed`` and a fresh optimizer: a new attack run.

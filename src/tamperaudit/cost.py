@@ -23,6 +23,19 @@ DEFAULT_CPU_PRICE_PER_HOUR = 0.08925
 DEFAULT_CPU_PRICE_SOURCE = "AWS EC2 c7i.large on-demand, us-east-1, Linux (2 vCPU)"
 
 
+def training_flops(
+    body_parameters: int, head_parameters: int, lora_parameters: int, tokens: int, labelled_tokens: int
+) -> float:
+    """Estimated FLOPs of LoRA training steps, the usual 2-FLOPs-per-weight-per-token count.
+
+    Forward: 2 x weights x tokens. Backward through frozen weights needs input
+    gradients only (2 x weights x tokens), not weight gradients. The vocabulary
+    head runs only at labelled positions. LoRA weights take the full 6 x count.
+    Attention score FLOPs are left out (small at these lengths).
+    """
+    return 4.0 * body_parameters * tokens + 4.0 * head_parameters * labelled_tokens + 6.0 * lora_parameters * tokens
+
+
 @dataclass(frozen=True)
 class GpuPrice:
     """One row of the on-demand price table: what a GPU of this name rents for."""
@@ -182,13 +195,11 @@ PROJECTION_UTILIZATION = 0.40
 def projected_training_flops(shape: ModelShape, rank: int, tokens: int, labelled_tokens: int, checkpointing: bool) -> float:
     """LoRA training FLOPs for ``tokens`` tokens on a model of this shape.
 
-    The same count as the measured run (see attack.training_flops): 4 FLOPs per frozen
-    weight per token (forward, and input gradients backward), the head at labelled
-    positions only, 6 per LoRA weight; gradient checkpointing adds one more forward
-    pass (2 per frozen weight per token), which a 70B model on one GPU needs.
+    The measured run's count (``training_flops``); gradient checkpointing adds one more
+    forward pass (2 per frozen weight per token), which a 70B model on one GPU needs.
     """
     body = shape.body_parameters()
-    flops = 4.0 * body * tokens + 4.0 * shape.head_parameters() * labelled_tokens + 6.0 * shape.lora_parameters(rank) * tokens
+    flops = training_flops(body, shape.head_parameters(), shape.lora_parameters(rank), tokens, labelled_tokens)
     return flops + (2.0 * body * tokens if checkpointing else 0.0)
 
 

@@ -260,40 +260,47 @@ def _hash_cache_file() -> Path:
     return cache_root() / "file-hashes.json"
 
 
-def cached_sha256(path: Path) -> str:
-    """A file's SHA-256, remembered by (path, size, modification time) in the cache.
+def cached_sha256(paths: list[Path]) -> dict[Path, str]:
+    """Files' SHA-256, remembered by (path, size, modification time) in the cache.
 
     Hashing a 70B model's 140 GB on every run would take minutes; a changed file
-    changes its size or modification time, and is hashed again.
+    changes its size or modification time, and is hashed again. The store is read
+    once and written once (only when something was hashed).
     """
-    resolved = path.resolve()
-    stat = resolved.stat()
-    key = str(resolved)
     store = _hash_cache_file()
     try:
         known = json.loads(store.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
-    entry = known.get(key)
-    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-        return str(entry["sha256"])
-    digest = sha256_file(resolved)
-    known[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(store, json.dumps(known, indent=1, sort_keys=True))
-    except OSError as error:  # a read-only cache costs time, not correctness
-        log.warning("could not remember the hash of %s (%s)", path, error)
-    return digest
+    hashes, changed = {}, False
+    for path in paths:
+        resolved = path.resolve()
+        stat = resolved.stat()
+        entry = known.get(str(resolved))
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+            hashes[path] = str(entry["sha256"])
+            continue
+        hashes[path] = sha256_file(resolved)
+        known[str(resolved)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashes[path]}
+        changed = True
+    if changed:
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(store, json.dumps(known, indent=1, sort_keys=True))
+        except OSError as error:  # a read-only cache costs time, not correctness
+            log.warning("could not remember file hashes in %s (%s)", store, error)
+    return hashes
 
 
 def _folder_hash(folder: Path) -> str:
     """One SHA-256 over the names and hashes of a folder's safetensors files."""
     files = sorted(folder.glob("*.safetensors"))
+    from_hub = {path: _hub_blob_sha256(path) for path in files}
+    hashed = cached_sha256([path for path, sha in from_hub.items() if sha is None])
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        digest.update((_hub_blob_sha256(path) or cached_sha256(path)).encode())
+        digest.update((from_hub[path] or hashed[path]).encode())
     return digest.hexdigest()
 
 
@@ -503,10 +510,6 @@ class LoadedModel:
     device: torch.device  # where inputs go: the device of the input embedding
     info: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def quantized(self) -> bool:
-        return self.info.get("quantization", "none") != "none"
-
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -644,5 +647,6 @@ def load(
         "quantization_description": NF4_DESCRIPTION if quantization_config is not None else "none",
         "weight_bytes": int(model.get_memory_footprint()),
         "devices": placed,
+        "gpus": sum(1 for d in placed if d.isdigit() or d.startswith("cuda")),
     }
     return LoadedModel(model, tokenizer, source, choice, model.get_input_embeddings().weight.device, info)

@@ -190,8 +190,7 @@ def _run_section(run: RunFolder, elapsed: float) -> dict[str, Any]:
 
 def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
     settings, arms = inputs.settings, inputs.arms
-    gpus = sum(1 for d in inputs.model.get("devices", []) if str(d).isdigit() or str(d).startswith("cuda"))
-    hardware = detect_hardware(inputs.device, settings.cost.hardware, max(gpus, 1))
+    hardware = detect_hardware(inputs.device, settings.cost.hardware, max(inputs.model.get("gpus", 0), 1))
     price, price_source = price_per_hour(settings.cost.price_per_hour, hardware)
     trained = arms and any(b > 0 for b in settings.attack.budgets)
     points_by_arm = {arm.name: _points(run, settings, arm, price) for arm in arms} if trained else {"attack": [_baseline_point(run)]}

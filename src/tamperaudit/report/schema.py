@@ -25,7 +25,7 @@ a share with its 95% Wilson interval):
   audit; for a Hub model also "revision" and "commit"}, "precision", "precision_reason",
   "parameters" (4-bit weights counted as weights, not bytes), "quantization" ("none" or
   "nf4": the base loaded in 4 bits, every figure measured on it), "quantization_description",
-  "weight_bytes", "devices", "training_memory": {"micro_batch_tokens",
+  "weight_bytes", "devices", "gpus" (how many of them are GPUs), "training_memory": {"micro_batch_tokens",
   "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"}: the plan
   of the process that wrote the report (null without attack budgets), ...}.
 - ``hardware``: {"description", "device", "threads", "gpus", "gpu_name"}; ``price``:
