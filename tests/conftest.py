@@ -60,6 +60,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_fault_injection(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL"):
+    for name in ("TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL", "TAMPERAUDIT_FAULT_PROCESS"):
         monkeypatch.delenv(name, raising=False)
         os.environ.pop(name, None)

@@ -20,6 +20,7 @@ the estimated activations would not fit the device's free memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -32,6 +33,7 @@ import torch
 
 from tamperaudit import faults, progress
 from tamperaudit.config import AttackSettings
+from tamperaudit.distributed import Processes
 from tamperaudit.cost import training_flops
 from tamperaudit.models import body_and_head_parameters
 from tamperaudit.data import Conversation
@@ -103,6 +105,9 @@ class TrainState:
     seconds: float = 0.0
     flops: float = 0.0  # estimated, see training_flops
     losses: list[float] = field(default_factory=list)  # mean loss of each step
+    # seconds are device-seconds: each process's time, summed over the processes (one
+    # device each), so that dollars = seconds x price per device-hour at any count
+    processes: int = 1  # the most processes that trained any of these steps
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +118,7 @@ class TrainState:
             "seconds": round(self.seconds, 3),
             "flops": self.flops,
             "losses": [round(x, 6) for x in self.losses],
+            "processes": self.processes,
         }
 
     @classmethod
@@ -125,6 +131,7 @@ class TrainState:
             seconds=float(values["seconds"]),
             flops=float(values["flops"]),
             losses=[float(x) for x in values["losses"]],
+            processes=int(values.get("processes", 1)),
         )
 
 
@@ -172,7 +179,7 @@ def _collate(batch: list[Example], pad_id: int, device: torch.device) -> tuple[t
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def labelled_loss_sum(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+def labelled_loss_sum(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed next-token loss over labelled positions, with the head applied only there."""
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
@@ -180,8 +187,37 @@ def labelled_loss_sum(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask:
     targets = labels[:, 1:]
     selected = targets != IGNORE
     logits = head(hidden[:, :-1][selected]).float()
-    loss = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="sum")
-    return loss, int(selected.sum())
+    return torch.nn.functional.cross_entropy(logits, targets[selected], reduction="sum")
+
+
+def check_batch_split(batch_sizes: Sequence[int], processes: int) -> None:
+    """Each process needs at least one conversation of every step."""
+    smallest = min(batch_sizes)
+    if smallest < processes:
+        raise UserError(
+            f"attack.batch_size={smallest} is below the {processes} processes launched: each optimizer step's "
+            "conversations are split over the processes; launch fewer or raise it"
+        )
+
+
+class LabelledLoss(torch.nn.Module):
+    """``labelled_loss_sum`` as a module's forward pass, so that accelerate's data-parallel
+    wrapper sees the forward (it prepares its gradient reduction there)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return labelled_loss_sum(self.model, ids, labels, mask)
+
+
+def share_of_batch(batch: Sequence[Example], processes: int, index: int) -> list[Example]:
+    """Process ``index``'s part of a step's examples: every ``processes``-th by length, so the
+    parts carry similar token counts and together are exactly the step's batch."""
+    if processes == 1:
+        return list(batch)
+    return sorted(batch, key=lambda e: (len(e.input_ids), e.id))[index::processes]
 
 
 # --- optimizer state without pickle -------------------------------------------------------
@@ -314,10 +350,13 @@ class LoraAttack:
     """Owns the PEFT-wrapped model during training and writes budget checkpoints."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, settings: AttackSettings, device: torch.device, plan: MemoryPlan | None = None
+        self, model: Any, tokenizer: Any, settings: AttackSettings, device: torch.device, plan: MemoryPlan | None = None,
+        processes: Processes | None = None,
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
+        self.processes = processes or Processes()
+        check_batch_split([settings.batch_size], self.processes.count)
         self.settings = settings
         self.tokenizer = tokenizer
         self.device = device
@@ -343,6 +382,9 @@ class LoraAttack:
         self.plan = plan or plan_memory(settings, model.config, dtype, device)
         self.micro_batch_tokens = self.plan.micro_batch_tokens  # padded tokens per pass (see the module docstring)
         self._set_checkpointing(self.plan.gradient_checkpointing)
+        self.loss = LabelledLoss(self.model)
+        if self.processes.distributed:  # DistributedDataParallel, set up by accelerate
+            self.loss = self.processes.accelerator.prepare_model(self.loss)
         self.start(settings.seed)
 
     def _set_checkpointing(self, enabled: bool) -> None:
@@ -382,8 +424,19 @@ class LoraAttack:
             return self.settings.learning_rate * (step + 1) / warmup
         return self.settings.learning_rate
 
+    def release(self) -> None:
+        """Take the LoRA layers out of the model (nothing is merged) and drop accelerate's
+        references to this attack's wrapper, before another attack is built on the model."""
+        self.model.unload()
+        if self.processes.distributed:
+            self.processes.accelerator.free_memory()
+
     def save(self, folder: Path, state: TrainState) -> None:
-        """Adapter, optimizer state and train.json; train.json last, as the completion mark."""
+        """Adapter, optimizer state and train.json; train.json last, as the completion mark.
+        Written by the main process (every process holds the same weights); the others wait."""
+        self.processes.on_main(lambda: self._save(folder, state))
+
+    def _save(self, folder: Path, state: TrainState) -> None:
         from safetensors.torch import save_file
 
         staging = folder / f".{ADAPTER_DIR}.staging"
@@ -426,9 +479,10 @@ class LoraAttack:
                 state.labelled_tokens += labelled
                 state.flops += training_flops(self.body_parameters, self.head_parameters, self.lora_parameters, tokens, labelled)
                 state.losses.append(loss)
+                state.processes = max(state.processes, self.processes.count)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)  # the optimizer step is queued, not done
-                state.seconds += time.perf_counter() - started
+                state.seconds += self.processes.sum(time.perf_counter() - started)  # device-seconds
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}")
                     bar.update(1)
@@ -470,15 +524,22 @@ class LoraAttack:
         labelled = sum(e.labelled for e in batch)
         if labelled == 0:
             raise UserError("a training batch has no assistant tokens to learn from")
+        # Each process's share of the step; the wrapper averages gradients over the processes,
+        # so each share's summed loss is scaled by the count: the average is then the
+        # gradient of the whole batch's loss over all its labelled tokens, as in one process.
+        processes = self.processes
+        groups = micro_batches(share_of_batch(batch, processes.count, processes.index), micro_batch_tokens)
         total = 0.0
-        for group in micro_batches(batch, micro_batch_tokens):
+        for position, group in enumerate(groups):
             ids, labels, mask = _collate(group, pad_id, self.device)
-            loss_sum, _ = labelled_loss_sum(self.model, ids, labels, mask)
-            (loss_sum / labelled).backward()
+            last = position == len(groups) - 1  # gradients are reduced once, after the last pass
+            with contextlib.nullcontext() if last or not processes.distributed else processes.accelerator.no_sync(self.loss):
+                loss_sum = self.loss(ids, labels, mask)
+                (loss_sum * processes.count / labelled).backward()
             total += float(loss_sum.detach())
         faults.checkpoint(f"train-step-{step + 1}")
         self.optimizer.step()
-        loss = total / labelled
+        loss = processes.sum(total) / labelled
         if not math.isfinite(loss):
             raise UserError(f"training diverged at step {step + 1} (loss {loss}); lower attack.learning_rate")
         return loss

@@ -145,8 +145,11 @@ def _default_out(settings: Settings, kind: str) -> Path:
 
 
 def _print_report(root: Path) -> None:
+    from tamperaudit import distributed
     from tamperaudit.fileio import read_json
 
+    if not distributed.current().is_main:  # one summary, from the process that wrote it
+        return
     report = read_json(root / "report.json")
     for line in report["summary"]:
         print(f"- {line}")
@@ -156,8 +159,11 @@ def _print_report(root: Path) -> None:
 def cmd_audit(args: argparse.Namespace) -> int:
     from tamperaudit.pipeline import start_audit
 
+    from tamperaudit import distributed
+
     settings = settings_from(args)
-    args.out = args.out or _default_out(settings, "audit")  # named now so an interruption can cite it
+    # named now so an interruption can cite it; the main process's name, when several run
+    args.out = distributed.current().agree(args.out or _default_out(settings, "audit"))
     root = start_audit(settings, args.out)
     _print_report(root)
     return 0
@@ -305,6 +311,25 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+# What may run under `accelerate launch` with several processes (see distributed.py).
+DISTRIBUTED_COMMANDS = ("audit", "resume")
+
+
+def _join_processes(command: str) -> None:
+    """Under `accelerate launch` with several processes: join them, and quiet all but the main one."""
+    from tamperaudit import distributed
+
+    if distributed.launched_processes() <= 1:
+        return
+    if command not in DISTRIBUTED_COMMANDS:
+        raise UserError(
+            f"`tamperaudit {command}` runs in one process; only {' and '.join(DISTRIBUTED_COMMANDS)} train "
+            "data-parallel under accelerate launch"
+        )
+    if not distributed.current().is_main:
+        progress.set_quiet(True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
@@ -316,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)  # stop through the same safe path as Ctrl-C
     try:
+        _join_processes(args.command)
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"tamperaudit: error: {one_line(error)}", file=sys.stderr)

@@ -88,15 +88,19 @@ class Hardware:
     threads: int
     gpus: int = 0  # GPUs the model is spread over (0 on a CPU)
     gpu_name: str = ""  # as the driver names it
+    # processes that trained data-parallel (accelerate launch), each on devices like these;
+    # the price is per process, and training seconds are summed over the processes
+    processes: int = 1
 
 
-def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1) -> Hardware:
+def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1, processes: int = 1) -> Hardware:
     threads = torch.get_num_threads()
     if configured:
-        return Hardware(configured, device.type, threads, gpus if device.type == "cuda" else 0)
+        return Hardware(configured, device.type, threads, gpus if device.type == "cuda" else 0, processes=processes)
+    each = f" in each of {processes} processes" if processes > 1 else ""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        return Hardware(f"{gpus} x {name}" if gpus > 1 else name, "cuda", threads, gpus, name)
+        return Hardware((f"{gpus} x {name}" if gpus > 1 else name) + each, "cuda", threads, gpus, name, processes)
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -106,7 +110,7 @@ def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1) -
                     break
     except OSError:
         pass
-    return Hardware(f"{name}, {threads} threads of {os.cpu_count()} CPUs", "cpu", threads)
+    return Hardware(f"{name}, {threads} threads of {os.cpu_count()} CPUs{each}", "cpu", threads, processes=processes)
 
 
 def price_per_hour(configured: float | None, hardware: Hardware) -> tuple[float | None, str]:

@@ -512,6 +512,12 @@ class LoadedModel:
 
 
 def pick_device() -> torch.device:
+    """The first GPU, or this process's own GPU when ``accelerate launch`` started several."""
+    from tamperaudit import distributed
+
+    launched = distributed.device()
+    if launched is not None:
+        return launched
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 

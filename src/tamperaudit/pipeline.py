@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tamperaudit import __version__, faults, models, progress
+from tamperaudit import __version__, distributed, faults, models, progress
 from tamperaudit.attack import (
     ADAPTER_DIR,
     OPTIMIZER_FILE,
@@ -39,11 +39,13 @@ from tamperaudit.attack import (
     LoraAttack,
     MemoryPlan,
     TrainState,
+    check_batch_split,
     plan_memory,
     tokenize_conversation,
 )
 from tamperaudit.backends import Generator, choose_backend, make_generator
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
+from tamperaudit.distributed import Processes
 from tamperaudit.data import (
     Attack,
     Dataset,
@@ -210,6 +212,7 @@ class Context:
     started: float  # time.monotonic() when this process began work on the run (loading included)
     generator: Generator  # the refusal evals' generation backend (its engine starts at first use)
     plan: MemoryPlan | None = None  # planned by the first training (or report) of this process
+    processes: Processes = dataclasses.field(default_factory=Processes)  # more than one under accelerate launch
 
     @property
     def tokenizer(self) -> Any:
@@ -309,8 +312,11 @@ def _evaluate_select_half(
 
 def stage_baseline(ctx: Context) -> None:
     """Evaluate the unattacked model, and record its replies to the KL prompts."""
-    if ctx.run.is_done(BASELINE):
-        return
+    if not ctx.run.is_done(BASELINE):
+        ctx.processes.on_main(lambda: _baseline(ctx))
+
+
+def _baseline(ctx: Context) -> None:
     started = time.perf_counter()
     ctx.run.mark(BASELINE, RUNNING)
     samples, metrics = evaluate(ctx, ctx.loaded.model, BASELINE, "baseline: ", None)
@@ -371,15 +377,19 @@ def stage_select_data(ctx: Context) -> list[str] | None:
         return None
     path = ctx.run.root / SELECTION_FILE
     if not path.is_file():
-        from tamperaudit.selection import closest_to_harmful
-
-        assert ctx.probes.select is not None
-        anchors = ctx.probes.select.harmful
-        with unattacked(ctx.loaded.model) as model:
-            chosen = closest_to_harmful(model, ctx.tokenizer, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
-        atomic_write_json(path, {"anchors": f"{anchors.name}, select half ({len(anchors)} requests)",
-                                 "selected": [{"id": i, "similarity": sim} for i, sim in chosen]})
+        ctx.processes.on_main(lambda: _select_data(ctx, attack, path))
     return [row["id"] for row in read_json(path)["selected"]]
+
+
+def _select_data(ctx: Context, attack: Attack, path: Path) -> None:
+    from tamperaudit.selection import closest_to_harmful
+
+    assert ctx.probes.select is not None
+    anchors = ctx.probes.select.harmful
+    with unattacked(ctx.loaded.model) as model:
+        chosen = closest_to_harmful(model, ctx.tokenizer, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
+    atomic_write_json(path, {"anchors": f"{anchors.name}, select half ({len(anchors)} requests)",
+                             "selected": [{"id": i, "similarity": sim} for i, sim in chosen]})
 
 
 def arm_data(arm: Arm, selected: list[str] | None) -> Attack:
@@ -426,7 +436,12 @@ def stage_arm(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, 
 
 
 def stage_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
-    """Evaluate the weights just trained to ``budget`` with the same prompts as the baseline."""
+    """Evaluate the weights just trained to ``budget`` with the same prompts as the baseline
+    (on the main process; the others wait)."""
+    ctx.processes.on_main(lambda: _measure_budget(ctx, settings, attacker, arm, budget, base))
+
+
+def _measure_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
     name = arm.stage(budget)
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
@@ -479,26 +494,33 @@ def stage_search_candidate(
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
     settings = dataclasses.replace(ctx.settings.attack, **candidate)
-    attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings, ctx.loaded.device, ctx.memory_plan(settings))
+    attacker = new_attacker(ctx, settings)
     try:
         attack = arm_data(Arm("attack", "attack", ctx.probes.attack, settings.seed), selected)
         examples = _examples(ctx, attack, settings.max_length)
         largest = trained_budgets(ctx.settings)[-1]
         with progress.bar(total=largest, desc=f"search {name.split('/')[1]}", unit="step") as bar:
             state = attacker.train(examples, TrainState(), largest, bar)
-        adapter = None
-        if ctx.generator.needs_adapter_files:  # deleted with the other search adapters (sweep_adapters)
-            adapter = ctx.run.folder(name) / ADAPTER_DIR
-            attacker.model.save_pretrained(adapter, safe_serialization=True)
-        samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base, adapter)
-        metrics = _metrics(samples, {})
-        metrics["candidate"] = candidate
-        metrics["train"] = state.as_dict()
-        ctx.run.write_results(name, samples, metrics)
+        ctx.processes.on_main(lambda: _measure_candidate(ctx, attacker, name, candidate, state, base, started))
     finally:
-        attacker.model.unload()  # take the LoRA layers out again (nothing is merged into the weights)
+        attacker.release()
+    return ctx.run.metrics(name)
+
+
+def _measure_candidate(
+    ctx: Context, attacker: LoraAttack, name: str, candidate: dict[str, Any], state: TrainState,
+    base: BaseDistributions, started: float,
+) -> None:
+    adapter = None
+    if ctx.generator.needs_adapter_files:  # deleted with the other search adapters (sweep_adapters)
+        adapter = ctx.run.folder(name) / ADAPTER_DIR
+        attacker.model.save_pretrained(adapter, safe_serialization=True)
+    samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base, adapter)
+    metrics = _metrics(samples, {})
+    metrics["candidate"] = candidate
+    metrics["train"] = state.as_dict()
+    ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
-    return metrics
 
 
 def strongest(tried: list[dict[str, Any]]) -> dict[str, Any]:
@@ -534,6 +556,7 @@ def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
         ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, tried=tried, mode=mode,
                      chosen={k: chosen[k] for k in ("learning_rate", "lora_rank", "batch_size")},
                      capability_kept_by_chosen=chosen["capability_kept"])
+        ctx.processes.barrier()  # the others read the choice the main process wrote
     chosen = ctx.run.manifest()["stages"][SEARCH]["chosen"]
     return dataclasses.replace(ctx.settings, attack=dataclasses.replace(ctx.settings.attack, **chosen))
 
@@ -572,12 +595,14 @@ def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportIn
         judge=ctx.judge.describe(),
         generation=ctx.generator.describe(),
         arms=[arm.spec() for arm in arms],
+        processes=ctx.processes.describe(),
         elapsed=time.monotonic() - ctx.started,
     )
 
 
 def _execute(ctx: Context) -> Path:
     sweep_adapters(ctx.run, ctx.settings.attack.keep_adapters)
+    ctx.processes.barrier()  # no process looks for a checkpoint while the main one sweeps
     stage_baseline(ctx)
     settings = ctx.settings
     budgets = trained_budgets(settings)
@@ -585,14 +610,24 @@ def _execute(ctx: Context) -> Path:
     if budgets:
         selected = stage_select_data(ctx)
         settings = stage_search(ctx, selected)
-        base = BaseDistributions(_references(ctx.run))
-        attacker = LoraAttack(ctx.loaded.model, ctx.tokenizer, settings.attack, ctx.loaded.device, ctx.memory_plan(settings.attack))
+        base = BaseDistributions(_references(ctx.run) if ctx.processes.is_main else [])  # main evaluates
+        attacker = new_attacker(ctx, settings.attack)
         for arm in arms:
             stage_arm(ctx, settings, attacker, arm, arm_data(arm, selected), base)
+    ctx.processes.on_main(lambda: _report(ctx, settings, arms))
+    return ctx.run.root
+
+
+def _report(ctx: Context, settings: Settings, arms: list[Arm]) -> None:
     faults.checkpoint("report")
     write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, settings, arms)))
-    ctx.run.add_session(time.monotonic() - ctx.started, "complete")
-    return ctx.run.root
+    ctx.run.add_session(time.monotonic() - ctx.started, "complete", ctx.processes.count)
+
+
+def new_attacker(ctx: Context, settings: AttackSettings) -> LoraAttack:
+    return LoraAttack(
+        ctx.loaded.model, ctx.tokenizer, settings, ctx.loaded.device, ctx.memory_plan(settings), ctx.processes
+    )
 
 
 def execute(ctx: Context) -> Path:
@@ -619,15 +654,39 @@ def _record_failure(ctx: Context, status: str, message: str) -> None:
         for name in stopped:
             ctx.run.mark(name, status, error=message)
         elapsed = time.monotonic() - ctx.started
-        ctx.run.add_session(elapsed, status)
+        ctx.run.add_session(elapsed, status, ctx.processes.count)
+        if not ctx.run.writes:
+            return
         write_report(ctx.run.root, failure_report(ctx.run, status, message, stopped))
     except Exception as error:  # the disk may be why the run failed: say so, keep the first error
         progress.warn(f"could not record the failure in {ctx.run.root} ({one_line(error)})")
 
 
+def check_processes(settings: Settings) -> Processes:
+    """This process's place among those launched, and whether the settings allow their number."""
+    processes = distributed.current()
+    if processes.distributed and trained_budgets(settings):
+        sizes = [settings.attack.batch_size, *(settings.search.batch_sizes if settings.search.enabled else [])]
+        check_batch_split(sizes, processes.count)
+    return processes
+
+
 def load_model(settings: Settings, precision: str, revision: str) -> models.LoadedModel:
+    """Load the model; when several processes were launched, the main one first (it converts
+    a GGUF file or downloads a Hub model into the cache), then the others from the cache."""
     model = settings.model
-    return models.load(model.name, precision, model.threads, revision, settings.attack.quantization, model.device_map)
+    processes = distributed.current()
+    if processes.distributed and model.device_map:
+        raise UserError(
+            f"model.device_map={model.device_map} spreads one copy of the model over the GPUs, while "
+            f"accelerate launched {processes.count} processes that each hold a copy; use one or the other"
+        )
+    if not processes.is_main:
+        processes.barrier()
+    loaded = models.load(model.name, precision, model.threads, revision, settings.attack.quantization, model.device_map)
+    if processes.is_main:
+        processes.barrier()
+    return loaded
 
 
 def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: str, adapter: str | None = None) -> Generator:
@@ -647,6 +706,7 @@ def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: 
 def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: Any) -> Context:
     """Load data, judge and model, and create the run folder with the inputs' hashes."""
     started = time.monotonic()
+    processes = check_processes(settings)
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
@@ -662,8 +722,12 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
         "generation_backend": generator.name,
         **({"model_commit": loaded.source.commit} if loaded.source.commit else {}),
     }
-    run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, **recorded}, kind)
-    return Context(settings, run, loaded, probes, judge, started, generator)
+    if processes.is_main:
+        run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, **recorded}, kind)
+    processes.barrier()
+    if not processes.is_main:
+        run = RunFolder(out, writes=False)
+    return Context(settings, run, loaded, probes, judge, started, generator, processes=processes)
 
 
 def start_audit(settings: Settings, out: Path) -> Path:
@@ -674,10 +738,12 @@ def start_audit(settings: Settings, out: Path) -> Path:
 def resume_audit(root: Path) -> Path:
     """Finish an interrupted run with the configuration and precision it recorded."""
     started = time.monotonic()
-    run = RunFolder.open(root)
+    processes = distributed.current()
+    run = RunFolder.open(root, writes=processes.is_main)
     run.check_resumable(AUDIT, __version__)
     config_text = (run.root / CONFIG).read_text(encoding="utf-8")
     settings = from_dict(read_toml(run.root / CONFIG), str(run.root / CONFIG))
+    check_processes(settings)
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
     run.check_inputs({"judge": judge.describe()})  # before the minutes of model loading
@@ -685,7 +751,7 @@ def resume_audit(root: Path) -> Path:
     loaded = load_model(settings, recorded["precision"], recorded.get("model_commit", settings.model.revision))
     run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
     generator = generation_backend(settings, loaded, recorded.get("generation_backend", settings.eval.backend))
-    return execute(Context(settings, run, loaded, probes, judge, started, generator))
+    return execute(Context(settings, run, loaded, probes, judge, started, generator, processes=processes))
 
 
 EVAL_STAGE = "eval"

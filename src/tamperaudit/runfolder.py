@@ -33,8 +33,13 @@ def budget_folder_name(budget: int) -> str:
 
 
 class RunFolder:
-    def __init__(self, root: Path) -> None:
+    """A run folder. ``writes=False`` is the view of a process that is not the main one when
+    ``accelerate launch`` started several: it reads what the main process wrote, and its
+    writes do nothing, so that one process alone writes each file."""
+
+    def __init__(self, root: Path, writes: bool = True) -> None:
         self.root = Path(root)
+        self.writes = writes
 
     # --- creation and checks ---------------------------------------------------------
 
@@ -61,11 +66,11 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, root: Path) -> "RunFolder":
+    def open(cls, root: Path, writes: bool = True) -> "RunFolder":
         root = Path(root)
         if not (root / MANIFEST).is_file():
             raise UserError(f"{root}: not a tamperaudit run folder (no {MANIFEST})")
-        return cls(root)
+        return cls(root, writes)
 
     def check_resumable(self, kind: str, version: str) -> None:
         """Refuse to resume a folder of another kind, or one written by another tamperaudit version
@@ -80,10 +85,15 @@ class RunFolder:
                 "start a new run with this version instead of resuming that one"
             )
 
-    def add_session(self, seconds: float, outcome: str) -> None:
-        """Record one process's wall-clock time on this run (loading included) and how it ended."""
+    def add_session(self, seconds: float, outcome: str, processes: int = 1) -> None:
+        """Record one session's wall-clock time on this run (loading included), how it ended,
+        and how many processes worked in it."""
+        if not self.writes:
+            return
         manifest = self.manifest()
-        manifest.setdefault("sessions", []).append({"ended": now(), "seconds": round(seconds, 3), "outcome": outcome})
+        manifest.setdefault("sessions", []).append(
+            {"ended": now(), "seconds": round(seconds, 3), "outcome": outcome, "processes": processes}
+        )
         atomic_write_json(self.root / MANIFEST, manifest)
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
@@ -105,6 +115,8 @@ class RunFolder:
         return self.manifest()["stages"].get(stage, {}).get("state")
 
     def mark(self, stage: str, state: str, **details: Any) -> None:
+        if not self.writes:
+            return
         manifest = self.manifest()
         entry = manifest["stages"].setdefault(stage, {})
         entry.update(details)
@@ -116,7 +128,8 @@ class RunFolder:
 
     def folder(self, stage: str) -> Path:
         path = self.root / stage
-        path.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def is_done(self, stage: str) -> bool:
@@ -125,6 +138,8 @@ class RunFolder:
 
     def write_results(self, stage: str, samples: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
         """Samples first, metrics last: metrics.json marks the stage's outputs complete."""
+        if not self.writes:
+            return
         folder = self.folder(stage)
         atomic_write_jsonl(folder / SAMPLES, samples)
         atomic_write_json(folder / METRICS, metrics)
@@ -136,6 +151,8 @@ class RunFolder:
         return read_json(self.root / stage / METRICS)
 
     def remove(self, path: Path) -> None:
+        if not self.writes:
+            return
         if path.is_dir():
             shutil.rmtree(path)
         else:

@@ -64,6 +64,7 @@ class ReportInputs:
     judge: dict[str, Any]
     generation: dict[str, Any]  # the generation backend's description
     arms: list[ArmSpec]
+    processes: dict[str, Any]  # who trained: distributed.Processes.describe()
     elapsed: float  # seconds this process has worked on the run so far
 
 
@@ -190,7 +191,9 @@ def _run_section(run: RunFolder, elapsed: float) -> dict[str, Any]:
 
 def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
     settings, arms = inputs.settings, inputs.arms
-    hardware = detect_hardware(inputs.device, settings.cost.hardware, max(inputs.model.get("gpus", 0), 1))
+    hardware = detect_hardware(
+        inputs.device, settings.cost.hardware, max(inputs.model.get("gpus", 0), 1), inputs.processes["processes"]
+    )
     price, price_source = price_per_hour(settings.cost.price_per_hour, hardware)
     trained = arms and any(b > 0 for b in settings.attack.budgets)
     points_by_arm = {arm.name: _points(run, settings, arm, price) for arm in arms} if trained else {"attack": [_baseline_point(run)]}
@@ -229,6 +232,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> dict[str, Any]:
         "control": inputs.control,
         "judge": inputs.judge,
         "generation_backend": inputs.generation,
+        "processes": inputs.processes,
         "modes": modes,
         "headline_mode": headline_mode,
         "points": points,

@@ -206,6 +206,13 @@ def _generation_line(backend: dict[str, Any]) -> str:
     return f"{backend['name']} ({backend['reason']}): {backend['engine']}; extra memory: {backend['extra_memory']}"
 
 
+def _processes_line(processes: dict[str, Any]) -> str:
+    return (
+        f"- training: data-parallel over {processes['processes']} processes ({processes['kind']}, through "
+        f"{processes['launcher']}); training seconds and dollars are summed over the processes"
+    )
+
+
 def _memory_line(plan: dict[str, Any]) -> str:
     checkpointing = "on" if plan["gradient_checkpointing"] else "off"
     return f"{plan['micro_batch_tokens']} tokens per pass, gradient checkpointing {checkpointing} ({plan['reason']})"
@@ -287,7 +294,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         *([f"- loaded as: {model['quantization_description']}"] if model.get("quantization", "none") != "none" else []),
         *([f"- training memory: {_memory_line(model['training_memory'])}"] if model.get("training_memory") else []),
         f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
-        f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit process(es) that worked on this run "
+        *([_processes_line(report["processes"])] if report.get("processes", {}).get("processes", 1) > 1 else []),
+        f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit session(s) that worked on this run "
         f"(model loading included): {_number(report['run']['wall_seconds'], 1)} s",
         f"- judge: {_judge_line(report['judge'])}",
         *([f"- generation: {_generation_line(report['generation_backend'])}"] if report.get("generation_backend") else []),

@@ -12,9 +12,10 @@ a share with its 95% Wilson interval):
 - ``tool``: {"name", "version"} of tamperaudit that wrote the report.
 - ``created``: UTC time the report was written (ISO 8601).
 - ``run``: {"folder", "stage_seconds": {stage: seconds of its last successful run},
-  "wall_seconds": wall-clock seconds of every tamperaudit process that worked on the run,
-  from its start (data and model loading included) to its report, summed over resumes;
-  "sessions": how many processes that was}.
+  "wall_seconds": wall-clock seconds of every tamperaudit session that worked on the run (a
+  session: one command, in one process or in several launched together), from its start
+  (data and model loading included) to its report, summed over resumes; "sessions": how
+  many sessions that was}.
 - ``config``: the resolved configuration (the run's config.toml as a table).
 - ``hashes``: {"config": SHA-256 of the canonical configuration, "model": SHA-256 of the
   model's weights (the GGUF file for built-ins), "datasets": {role: SHA-256}, "judge":
@@ -28,8 +29,15 @@ a share with its 95% Wilson interval):
   "weight_bytes", "devices", "gpus" (how many of them are GPUs), "training_memory": {"micro_batch_tokens",
   "gradient_checkpointing", "reason", "activation_bytes" (estimated), "free_bytes"}: the plan
   of the process that wrote the report (null without attack budgets), ...}.
-- ``hardware``: {"description", "device", "threads", "gpus", "gpu_name"}; ``price``:
-  {"per_hour", "source"}: configured, the CPU default, or the GPU table's row (times the GPUs).
+- ``hardware``: {"description", "device", "threads", "gpus", "gpu_name", "processes"}; ``price``:
+  {"per_hour", "source"}: configured, the CPU default, or the GPU table's row (times the GPUs),
+  per process.
+- ``processes``: {"processes": how many trained data-parallel in the session that wrote the
+  report, "kind": accelerate's distributed type ("MULTI_GPU", "MULTI_CPU") or "single process",
+  "launcher": "accelerate" or null}. Training seconds (``train.seconds``, ``cost.seconds``) are
+  device-seconds: each process's time summed over the processes, so dollars are seconds times
+  the price per process; ``train.processes`` is the most processes that trained any of a
+  budget's steps.
 - ``generation_backend``: {"name": "hf" or "vllm", "reason": why it was chosen, "engine": its
   settings in words, "extra_memory": memory beyond the transformers model, and for vLLM
   "engine_start_seconds"}. Each point's ``metrics.throughput.generation.backend`` names the
