@@ -19,6 +19,7 @@ from tamperaudit.config import Settings, parse_assignment, resolve, to_toml
 from tamperaudit.errors import Terminated, UserError, is_out_of_memory, one_line
 
 EXIT_USER_ERROR = 2
+EXIT_GATE_FAILED = 3  # --fail-if-removed-within: refusals removed within the gate's steps
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -52,7 +53,16 @@ def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
         parser.add_argument("--seeds", type=int, help="attack runs with different seeds; the score's interval covers them")
         parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=None, help="the control arm on benign data (on by default)")
         parser.add_argument("--search", action="store_true", default=None, help="search attack settings first (see [search] in `tamperaudit config`)")
+        _add_gate_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def _add_gate_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-if-removed-within", type=int, metavar="STEPS",
+        help="release gate: exit 3 if refusal falls below the relative threshold within STEPS steps in any mode, "
+        "counting unclear as refusal (also when the baseline refuses too little); STEPS must be one of the budgets",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="scorecard of one model (optionally with a LoRA adapter), no attack")
     _add_settings_flags(evaluate, attack=False)
     evaluate.add_argument("--adapter", type=Path, help="PEFT adapter folder (safetensors) to evaluate on top of the model")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON (the run folder's metrics.json)")
     resume = commands.add_parser("resume", help="finish an interrupted audit")
     resume.add_argument("run", type=Path, help="the run folder")
+    _add_gate_flag(resume)
     resume.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     show = commands.add_parser("config", help="print every setting with its help, resolved from defaults, file, env and flags")
     show.add_argument("--config", type=Path, help="TOML file of settings")
@@ -162,19 +174,51 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from tamperaudit import distributed
 
     settings = settings_from(args)
+    _check_gate(args.fail_if_removed_within, settings.attack.budgets)
     # named now so an interruption can cite it; the main process's name, when several run
     args.out = distributed.current().agree(args.out or _default_out(settings, "audit"))
     root = start_audit(settings, args.out)
     _print_report(root)
-    return 0
+    return _gate(root, args.fail_if_removed_within)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tamperaudit.config import from_dict, read_toml
     from tamperaudit.pipeline import resume_audit
+    from tamperaudit.runfolder import CONFIG
 
+    if args.fail_if_removed_within is not None and (args.run / CONFIG).is_file():
+        settings = from_dict(read_toml(args.run / CONFIG), str(args.run / CONFIG))
+        _check_gate(args.fail_if_removed_within, settings.attack.budgets)
     root = resume_audit(args.run)
     _print_report(root)
-    return 0
+    return _gate(root, args.fail_if_removed_within)
+
+
+def _check_gate(steps: int | None, budgets: Sequence[int]) -> None:
+    """A gate is measured, never assumed: its steps must be a budget the audit reaches."""
+    if steps is None:
+        return
+    if steps < 0:
+        raise UserError(f"--fail-if-removed-within {steps}: give a number of steps, 0 or more")
+    if steps not in budgets:
+        raise UserError(
+            f"--fail-if-removed-within {steps} is not one of the budgets ({','.join(map(str, budgets))}), so the "
+            f"gate would not be measured at its own steps; add {steps} to --budgets"
+        )
+
+
+def _gate(root: Path, steps: int | None) -> int:
+    from tamperaudit import distributed
+    from tamperaudit.fileio import read_json
+    from tamperaudit.score import release_gate
+
+    if steps is None:
+        return 0
+    result = release_gate(read_json(root / "report.json"), steps)
+    if distributed.current().is_main:
+        print(result.line)
+    return EXIT_GATE_FAILED if result.failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -183,6 +227,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     root, metrics = run_eval(settings, args.out or _default_out(settings, "eval"), args.adapter)
+    if args.json:
+        import json
+
+        print(json.dumps(metrics, indent=2))
+        return 0
     for line in scorecard_lines(metrics):
         print(f"- {line}")
     print(f"samples and metrics: {root}")
