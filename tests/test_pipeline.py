@@ -215,3 +215,28 @@ def test_audit_with_public_benchmark_files_names_them_in_the_report(tiny_model_d
     assert report["points"][0]["metrics"]["contrast"]["plain"]["n"] > 0  # XSTest unsafe prompts, apart
     markdown = (out / "report.md").read_text()
     assert "harmful_behaviors.csv` (advbench)" in markdown and "xstest_prompts.csv` (xstest)" in markdown
+
+
+def test_a_second_process_on_a_run_folder_stops_in_one_line_and_a_dead_holder_is_taken_over(straight_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    holder = subprocess.Popen(  # holds the run folder's lock as a running audit would
+        [sys.executable, "-c", "import sys, time; from tamperaudit.runfolder import RunFolder; "
+         "RunFolder.open(sys.argv[1]).lock(); print('held', flush=True); time.sleep(600)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-m", "tamperaudit", "resume", str(run), "--quiet"],
+                                capture_output=True, text=True)
+        assert second.returncode == 2
+        assert second.stderr.strip() == f"tamperaudit: error: {run}: run folder in use by pid {holder.pid}; wait for that process to finish or stop it"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock went with it, and resume goes ahead
+    assert (run / ".lock").read_text().strip() == str(holder.pid)
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert metrics_of(read_json(run / "report.json")) == metrics_of(read_json(straight_run / "report.json"))

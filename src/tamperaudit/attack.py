@@ -33,10 +33,10 @@ import torch
 
 from tamperaudit import faults, progress
 from tamperaudit.config import AttackSettings
-from tamperaudit.distributed import Processes
 from tamperaudit.cost import training_flops
-from tamperaudit.models import body_and_head_parameters
 from tamperaudit.data import Conversation
+from tamperaudit.distributed import Processes
+from tamperaudit.models import body_and_head_parameters
 from tamperaudit.errors import UserError, is_out_of_memory
 from tamperaudit.fileio import atomic_write_json, read_json
 

@@ -45,7 +45,6 @@ from tamperaudit.attack import (
 )
 from tamperaudit.backends import Generator, choose_backend, make_generator
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
-from tamperaudit.distributed import Processes
 from tamperaudit.data import (
     Attack,
     Dataset,
@@ -57,6 +56,7 @@ from tamperaudit.data import (
     load_harmful,
     load_kl_prompts,
 )
+from tamperaudit.distributed import Processes
 from tamperaudit.errors import UserError, one_line
 from tamperaudit.evals.capability import (
     BaseDistributions,
@@ -645,6 +645,7 @@ def execute(ctx: Context) -> Path:
         raise
     finally:
         sweep_adapters(ctx.run, ctx.settings.attack.keep_adapters)
+        ctx.run.unlock()
 
 
 def _record_failure(ctx: Context, status: str, message: str) -> None:
@@ -740,6 +741,17 @@ def resume_audit(root: Path) -> Path:
     started = time.monotonic()
     processes = distributed.current()
     run = RunFolder.open(root, writes=processes.is_main)
+    if processes.is_main:
+        run.lock()
+    try:
+        context = _resumed_context(run, processes, started)
+    except BaseException:
+        run.unlock()
+        raise
+    return execute(context)
+
+
+def _resumed_context(run: RunFolder, processes: Processes, started: float) -> Context:
     run.check_resumable(AUDIT, __version__)
     config_text = (run.root / CONFIG).read_text(encoding="utf-8")
     settings = from_dict(read_toml(run.root / CONFIG), str(run.root / CONFIG))
@@ -751,7 +763,7 @@ def resume_audit(root: Path) -> Path:
     loaded = load_model(settings, recorded["precision"], recorded.get("model_commit", settings.model.revision))
     run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
     generator = generation_backend(settings, loaded, recorded.get("generation_backend", settings.eval.backend))
-    return execute(Context(settings, run, loaded, probes, judge, started, generator, processes=processes))
+    return Context(settings, run, loaded, probes, judge, started, generator, processes=processes)
 
 
 EVAL_STAGE = "eval"
@@ -774,6 +786,13 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
     """The scorecard of one model (optionally with an adapter), no attack."""
     settings = dataclasses.replace(settings, attack=dataclasses.replace(settings.attack, control=False))
     ctx = new_run(settings, out, EVAL, **({"adapter": str(adapter)} if adapter is not None else {}))
+    try:
+        return _eval(ctx, settings, adapter)
+    finally:
+        ctx.run.unlock()
+
+
+def _eval(ctx: Context, settings: Settings, adapter: Path | None) -> tuple[Path, dict[str, Any]]:
     run, loaded, probes = ctx.run, ctx.loaded, ctx.probes
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)

@@ -17,6 +17,7 @@ from tamperaudit.errors import UserError
 from tamperaudit.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # held (flock) by the process working on the run; it names that process's pid
 CONFIG = "config.toml"
 BASELINE = "baseline"
 SAMPLES = "samples.jsonl"
@@ -40,6 +41,7 @@ class RunFolder:
     def __init__(self, root: Path, writes: bool = True) -> None:
         self.root = Path(root)
         self.writes = writes
+        self._lock: int | None = None  # the open lock file while this process holds the folder
 
     # --- creation and checks ---------------------------------------------------------
 
@@ -47,7 +49,7 @@ class RunFolder:
     def check_free(root: Path) -> None:
         """A new run needs an absent or empty folder; say how to resume an existing run."""
         root = Path(root)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and (not root.is_dir() or any(p.name != LOCK for p in root.iterdir())):
             if (root / MANIFEST).is_file():
                 raise UserError(f"{root} already holds a run; finish it with `tamperaudit resume {root}` or pick another --out")
             raise UserError(f"{root} exists and is not an empty folder; pick another --out")
@@ -58,6 +60,8 @@ class RunFolder:
         cls.check_free(root)
         root.mkdir(parents=True, exist_ok=True)
         run = cls(root)
+        run.lock()
+        cls.check_free(root)  # again, under the lock: another audit may have started here meanwhile
         atomic_write_text(root / CONFIG, config_text)
         atomic_write_json(
             root / MANIFEST,
@@ -71,6 +75,33 @@ class RunFolder:
         if not (root / MANIFEST).is_file():
             raise UserError(f"{root}: not a tamperaudit run folder (no {MANIFEST})")
         return cls(root, writes)
+
+    def lock(self) -> None:
+        """Hold this run folder for the rest of the process, or stop in one line if another
+        process holds it. The operating system releases the lock when its holder exits, however
+        it exits, so a lock left by a killed process is taken over without a stale-lock check."""
+        import fcntl
+        import os
+
+        descriptor = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(descriptor)
+            raise UserError(
+                f"{self.root}: run folder in use by pid {holder}; wait for that process to finish or stop it"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+        self._lock = descriptor  # kept open: closing it would release the lock
+
+    def unlock(self) -> None:
+        import os
+
+        if self._lock is not None:
+            os.close(self._lock)  # the lock file stays; the next holder overwrites its pid
+            self._lock = None
 
     def check_resumable(self, kind: str, version: str) -> None:
         """Refuse to resume a folder of another kind, or one written by another tamperaudit version
