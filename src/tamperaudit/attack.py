@@ -37,7 +37,7 @@ from tamperaudit.cost import training_flops
 from tamperaudit.data import Conversation
 from tamperaudit.distributed import Processes
 from tamperaudit.models import body_and_head_parameters
-from tamperaudit.errors import UserError, is_out_of_memory
+from tamperaudit.errors import UserError, WriteError, is_out_of_memory
 from tamperaudit.fileio import atomic_write_json, read_json
 
 IGNORE = -100
@@ -437,6 +437,12 @@ class LoraAttack:
         self.processes.on_main(lambda: self._save(folder, state))
 
     def _save(self, folder: Path, state: TrainState) -> None:
+        try:
+            self._write_checkpoint(folder, state)
+        except OSError as error:  # half-written parts sit under temporary names, swept at the next start
+            raise WriteError(f"could not write the checkpoint in {folder} ({error.strerror or error})") from None
+
+    def _write_checkpoint(self, folder: Path, state: TrainState) -> None:
         from safetensors.torch import save_file
 
         staging = folder / f".{ADAPTER_DIR}.staging"
@@ -486,6 +492,7 @@ class LoraAttack:
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}")
                     bar.update(1)
+                faults.checkpoint(f"after-step-{state.steps}")
         except (RuntimeError, MemoryError) as error:
             if is_out_of_memory(error):
                 raise UserError(TRAINING_MEMORY_HINT) from None

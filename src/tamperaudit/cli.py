@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from tamperaudit import __version__, progress
 from tamperaudit.config import Settings, parse_assignment, resolve, to_toml
-from tamperaudit.errors import Terminated, UserError, is_out_of_memory, one_line
+from tamperaudit.errors import Terminated, UserError, WriteError, is_out_of_memory, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3  # --fail-if-removed-within: refusals removed within the gate's steps
@@ -345,7 +345,8 @@ def interrupt_hint(args: argparse.Namespace) -> str:
     """What to do after an interruption, for the command that was interrupted."""
     if args.command in ("audit", "resume"):
         run = getattr(args, "out", None) or getattr(args, "run", None)
-        return f"; finish it with `tamperaudit resume {run}`" if run else ""
+        resumable = run is not None and (Path(run) / "manifest.json").is_file()
+        return f"; finish it with `tamperaudit resume {run}`" if resumable else ""
     if args.command == "eval":
         return f"; the eval in {args.out} is incomplete: run `tamperaudit eval` again with another --out"
     if args.command == "label":
@@ -390,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _join_processes(args.command)
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"tamperaudit: error: {one_line(error)}", file=sys.stderr)
+        after = interrupt_hint(args) if isinstance(error, WriteError) else ""  # once space is freed
+        print(f"tamperaudit: error: {one_line(error)}{after}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as error:
         print(f"tamperaudit: {one_line(error)}{interrupt_hint(args)}", file=sys.stderr)

@@ -7,6 +7,14 @@ class UserError(Exception):
     """A problem with the user's input, files or environment, with the fix in its message."""
 
 
+class WriteError(UserError):
+    """A file could not be written (disk full, read-only, no permission); nothing half-written was kept."""
+
+
+class DamagedFile(UserError):
+    """A file tamperaudit wrote whole was found cut or changed."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interruption so that a run stops through the same safe path as Ctrl-C."""
 

@@ -1,14 +1,23 @@
 """Fault injection for the resume tests: kill this process with SIGKILL at a named point.
 
-Set ``TAMPERAUDIT_FAULT`` to a point name (``train-step-3``: inside optimizer
-step 3, after its backward pass and before the weights change;
-``eval-budget-000004``: inside that budget's eval, after its first eval;
-``report``: before the report is written). ``TAMPERAUDIT_FAULT_SIGNAL`` picks
-another signal (``TERM``, ``INT``) to test the graceful paths;
-``TAMPERAUDIT_FAULT_PROCESS`` limits it to one of the processes ``accelerate launch``
-started (its RANK). Unset, this costs
-one dictionary lookup. It exists so that tests can interrupt a run exactly where
-a user's machine might, with no timing guesswork.
+Set ``TAMPERAUDIT_FAULT`` to a point name; the process is killed the first time it
+passes that point. The points (``tests/test_faults.py`` drives every one):
+
+- ``generation``, ``multiple-choice``, ``kl-references``, ``kl``: inside that kind of
+  eval, after its first batch (the first stage that runs one);
+- ``eval-STAGE``: inside STAGE's eval, after its generation evals;
+- ``write-STAGE``: between STAGE's samples.jsonl and its metrics.json;
+- ``running-STAGE``, ``done-STAGE``: just after the manifest marks STAGE so;
+- ``train-step-N``: inside optimizer step N, after its backward pass, before the
+  weights change; ``after-step-N``: after step N, before the next;
+- ``search-trained``: a search candidate trained, not yet measured;
+- ``report``: before the report is written.
+
+``TAMPERAUDIT_FAULT_SIGNAL`` picks another signal (``TERM``, ``INT``) to test the
+graceful paths; ``TAMPERAUDIT_FAULT_PROCESS`` limits it to one of the processes
+``accelerate launch`` started (its RANK). Unset, this costs one dictionary lookup. It
+exists so that tests can interrupt a run exactly where a user's machine might, with no
+timing guesswork.
 """
 
 from __future__ import annotations

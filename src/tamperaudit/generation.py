@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from tamperaudit import progress
+from tamperaudit import faults, progress
 
 
 @dataclass(frozen=True)
@@ -218,5 +218,6 @@ def generate(
                 results[index] = Completion(tuple(tokens), text, finished, early)
                 stats.generated_tokens += len(tokens) + (1 if finished else 0)
             bar.update(len(indices))
+            faults.checkpoint("generation")
     stats.seconds = time.perf_counter() - start
     return [results[i] for i in range(len(prompts))], stats

@@ -457,6 +457,8 @@ def sweep_adapters(run: RunFolder, keep: bool) -> None:
     (unless kept on request). Run at every start, resume and exit path."""
     for staging in run.root.rglob(f".{ADAPTER_DIR}.staging"):
         run.remove(staging)
+    for temporary in run.root.rglob(".*.tmp"):  # a write cut short (disk full, a kill); the lock says none is live
+        run.remove(temporary)
     if keep:
         return
     for adapter in run.root.rglob(ADAPTER_DIR):
@@ -501,6 +503,7 @@ def stage_search_candidate(
         largest = trained_budgets(ctx.settings)[-1]
         with progress.bar(total=largest, desc=f"search {name.split('/')[1]}", unit="step") as bar:
             state = attacker.train(examples, TrainState(), largest, bar)
+        faults.checkpoint("search-trained")
         ctx.processes.on_main(lambda: _measure_candidate(ctx, attacker, name, candidate, state, base, started))
     finally:
         attacker.release()
@@ -753,6 +756,7 @@ def resume_audit(root: Path) -> Path:
 
 def _resumed_context(run: RunFolder, processes: Processes, started: float) -> Context:
     run.check_resumable(AUDIT, __version__)
+    run.check_intact()
     config_text = (run.root / CONFIG).read_text(encoding="utf-8")
     settings = from_dict(read_toml(run.root / CONFIG), str(run.root / CONFIG))
     check_processes(settings)

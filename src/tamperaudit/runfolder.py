@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tamperaudit import __version__
+from tamperaudit import __version__, faults
 from tamperaudit.errors import UserError
-from tamperaudit.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+from tamperaudit.errors import DamagedFile
+from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, read_json, read_jsonl, sha256_text
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the process working on the run; it names that process's pid
@@ -140,7 +141,10 @@ class RunFolder:
     # --- manifest ------------------------------------------------------------------------
 
     def manifest(self) -> dict[str, Any]:
-        return read_json(self.root / MANIFEST)
+        try:
+            return read_json(self.root / MANIFEST)
+        except DamagedFile as error:
+            raise DamagedFile(f"{error}; without its manifest the run cannot be resumed: start a new run") from None
 
     def stage_state(self, stage: str) -> str | None:
         return self.manifest()["stages"].get(stage, {}).get("state")
@@ -154,6 +158,7 @@ class RunFolder:
         entry["state"] = state
         entry[f"{state}_at"] = now()
         atomic_write_json(self.root / MANIFEST, manifest)
+        faults.checkpoint(f"{state}-{stage}")
 
     # --- stage outputs -------------------------------------------------------------------
 
@@ -172,14 +177,51 @@ class RunFolder:
         if not self.writes:
             return
         folder = self.folder(stage)
-        atomic_write_jsonl(folder / SAMPLES, samples)
+        text = jsonl_text(samples)
+        atomic_write_text(folder / SAMPLES, text)
+        faults.checkpoint(f"write-{stage}")
+        # the samples' digest, so that a file cut at a line boundary is caught, not under-counted
+        manifest = self.manifest()
+        manifest["stages"].setdefault(stage, {})["samples_sha256"] = sha256_text(text)
+        atomic_write_json(self.root / MANIFEST, manifest)
         atomic_write_json(folder / METRICS, metrics)
 
+    def check_intact(self) -> None:
+        """Every finished stage's files as their stage wrote them, or one line naming the first
+        that is not: checked before a resume spends minutes loading the model."""
+        for stage, entry in self.manifest()["stages"].items():
+            if entry.get("state") != DONE or not (self.root / stage / METRICS).is_file():
+                continue  # not a stage with outputs (the attack, the search as a whole)
+            self.samples(stage)
+            self.metrics(stage)
+            train = self.root / stage / "train.json"
+            if train.is_file():
+                try:
+                    read_json(train)
+                except DamagedFile as error:
+                    raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
+
+    def _redo_hint(self, stage: str) -> str:
+        return f"delete {self.root / stage} and run `tamperaudit resume {self.root}` to measure that stage again"
+
     def samples(self, stage: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.root / stage / SAMPLES)
+        path = self.root / stage / SAMPLES
+        expected = self.manifest()["stages"].get(stage, {}).get("samples_sha256")
+        try:
+            if expected is not None and sha256_text(path.read_text(encoding="utf-8")) != expected:
+                raise DamagedFile(f"{path} is not the file its stage wrote (its SHA-256 differs): it was cut or changed")
+            return read_jsonl(path)
+        except (DamagedFile, UnicodeDecodeError) as error:
+            why = str(error) if isinstance(error, DamagedFile) else f"{path} is not UTF-8 text"
+            raise DamagedFile(f"{why}; {self._redo_hint(stage)}") from None
+        except FileNotFoundError:
+            raise DamagedFile(f"{path} is missing although its stage is marked done; {self._redo_hint(stage)}") from None
 
     def metrics(self, stage: str) -> dict[str, Any]:
-        return read_json(self.root / stage / METRICS)
+        try:
+            return read_json(self.root / stage / METRICS)
+        except DamagedFile as error:
+            raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
 
     def remove(self, path: Path) -> None:
         if not self.writes:

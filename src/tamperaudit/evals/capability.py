@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from tamperaudit import progress
+from tamperaudit import faults, progress
 from tamperaudit.data import Prompt, Question
 from tamperaudit.generation import with_cache
 from tamperaudit.stats import rate
@@ -119,6 +119,7 @@ def score_questions(
                 for option, score in zip(indices, scores):
                     log_probs[q_index][option] = score
             bar.update(len(batch) * len(questions) / len(units))
+            faults.checkpoint("multiple-choice")
     seconds = time.perf_counter() - start
     samples = []
     for q, scores in zip(questions, log_probs):
@@ -222,6 +223,7 @@ def kl_to_base(
                 per_token = (lp_base.exp() * (lp_base - lp_attacked)).sum(-1)
                 samples.append({"eval": "kl", "id": item_id, "kl": float(per_token.mean()), "tokens": len(reply)})
             bar.update(len(batch))
+            faults.checkpoint("kl")
     seconds = time.perf_counter() - start
     return samples, {"prompts": len(base.references), "seconds": round(seconds, 3)}
 
@@ -256,6 +258,7 @@ def reference_replies(
 
     prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p.text}]) for p in prompts]
     completions, stats = generate(model, tokenizer, prompt_ids, tokens, batch_size, desc=f"{label}KL references")
+    faults.checkpoint("kl-references")
     samples = [
         {"eval": "kl_reference", "id": p.id, "prompt_ids": ids, "reply_ids": list(c.tokens)}
         for p, ids, c in zip(prompts, prompt_ids, completions)
