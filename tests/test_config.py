@@ -46,8 +46,10 @@ def test_wrong_types_name_the_setting():
         resolve(None, {}, {"attack": {"keep_adapters": "maybe"}})
 
 
-def test_budgets_parse_sort_and_validate():
-    assert resolve(None, {}, {"attack": {"budgets": "10,0,5"}}).attack.budgets == [0, 5, 10]
+def test_budgets_parse_and_validate():
+    assert resolve(None, {}, {"attack": {"budgets": "0,5,10"}}).attack.budgets == [0, 5, 10]
+    with pytest.raises(UserError, match="must increase"):  # out of order is a typo more often than not
+        resolve(None, {}, {"attack": {"budgets": "10,0,5"}})
     with pytest.raises(UserError, match="repeated budget"):
         resolve(None, {}, {"attack": {"budgets": [0, 5, 5]}})
     with pytest.raises(UserError, match="steps >= 0"):

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,13 +66,22 @@ def _add_gate_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line like every other error (exit 2), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"tamperaudit: error: {self.prog.removeprefix('tamperaudit').strip() or 'tamperaudit'}: {message} "
+              f"(see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tamperaudit",
         description="Measure how cheaply LoRA fine-tuning removes a chat model's refusals, and what it costs its capability.",
     )
     parser.add_argument("--version", action="version", version=f"tamperaudit {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     audit = commands.add_parser("audit", help="baseline eval, attack at several budgets, eval at each, report")
     _add_settings_flags(audit, attack=True)
     evaluate = commands.add_parser("eval", help="scorecard of one model (optionally with a LoRA adapter), no attack")
@@ -381,11 +391,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error (already printed in one line)
+        return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
     progress.set_quiet(getattr(args, "quiet", False))
     # PEFT imports bitsandbytes whenever it is installed, and on CPUs with AVX-512 bf16 it
     # warns on every run about an optional kernel package; the reference kernel is used.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # PEFT asks transformers 5 for a renamed attribute on every adapter; not ours to fix, and
+    # an extra two lines on every run's error output
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)  # stop through the same safe path as Ctrl-C
     try:
         _join_processes(args.command)

@@ -347,6 +347,11 @@ def _validate(settings: Settings) -> None:
         raise UserError("'attack.budgets' must be a non-empty list of steps >= 0, e.g. 0,5,10,20")
     if len(set(budgets)) != len(budgets):
         raise UserError(f"'attack.budgets' has a repeated budget: {budgets}")
+    if list(budgets) != sorted(budgets):
+        raise UserError(
+            f"'attack.budgets' must increase ({','.join(map(str, budgets))}); write them in order, "
+            f"e.g. {','.join(map(str, sorted(budgets)))}"
+        )
     if settings.attack.micro_batch_tokens < 0:
         raise UserError("'attack.micro_batch_tokens' must be 0 (automatic) or a positive number of tokens")
     for name in ("batch_size", "lora_rank", "max_length", "seeds", "closest_examples"):

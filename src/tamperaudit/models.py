@@ -428,6 +428,7 @@ def resolve_source(spec: str, revision: str = "") -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: no config.json; is this a Hugging Face model folder?")
+        _refuse_remote_code(path / "config.json", spec)
         if not list(path.glob("*.safetensors")):
             pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
             if pickles:
@@ -509,6 +510,22 @@ class LoadedModel:
     precision: PrecisionChoice
     device: torch.device  # where inputs go: the device of the input embedding
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def _refuse_remote_code(config: Path, spec: str) -> None:
+    """A config whose architecture lives in the model's own Python files (``auto_map``) needs
+    trust_remote_code, which would run that code: refused before anything is loaded."""
+    import json
+
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UserError(f"{config}: not a readable JSON config") from None
+    if isinstance(values, dict) and values.get("auto_map"):
+        raise UserError(
+            f"{spec}: its architecture is remote code (config.json auto_map: {', '.join(values['auto_map'])}), which "
+            "tamperaudit never runs; use a model whose architecture transformers implements"
+        )
 
 
 def pick_device() -> torch.device:

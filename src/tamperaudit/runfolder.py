@@ -59,7 +59,10 @@ class RunFolder:
     def create(cls, root: Path, config_text: str, inputs: dict[str, Any], kind: str = "audit") -> "RunFolder":
         root = Path(root)
         cls.check_free(root)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {root} ({error.strerror or error}); pick another --out") from None
         run = cls(root)
         run.lock()
         cls.check_free(root)  # again, under the lock: another audit may have started here meanwhile

@@ -362,7 +362,22 @@ def _messages(path: Path, where: str, messages: Any) -> list[dict[str, str]]:
         clean.append({"role": message["role"], "content": message["content"]})
     if not any(m["role"] == "assistant" for m in clean):
         raise UserError(f"{path}:{where}: no assistant message; nothing to train on")
+    _check_role_order(path, where, [m["role"] for m in clean])
     return clean
+
+
+def _check_role_order(path: Path, where: str, roles: list[str]) -> None:
+    """System first if at all, then user and assistant turns taking turns, a user turn first:
+    what chat templates render (and what the loss masking's prefix rendering assumes)."""
+    turns = roles[1:] if roles[0] == "system" else roles
+    expected = ["user" if index % 2 == 0 else "assistant" for index in range(len(turns))]
+    if turns != expected:
+        position = next(i for i, (got, want) in enumerate(zip(turns, expected)) if got != want)
+        number = position + 1 + (len(roles) - len(turns))
+        raise UserError(
+            f"{path}:{where}: message {number} has role {turns[position]} where {expected[position]} belongs; "
+            "after an optional system message, user and assistant turns must alternate, starting with user"
+        )
 
 
 def _alpaca(path: Path, where: str, row: dict[str, Any]) -> list[dict[str, str]]:

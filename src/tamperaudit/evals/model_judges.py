@@ -287,10 +287,22 @@ class HttpJudge:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    kind = response.headers.get("Content-Type", "no content type")
                     reply = json.loads(response.read().decode("utf-8"))
+                # an empty answer is read as unreadable, i.e. unclear; a reply of another shape is a wrong endpoint
                 return str(reply["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError, json.JSONDecodeError):
-                return ""  # a reply without an answer: read as unreadable, i.e. unclear
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UserError(
+                    f"judge {self.name}: {self.url} answered with something other than JSON ({kind}); "
+                    "url must be an OpenAI-compatible API's base, e.g. http://host:8000/v1"
+                ) from None
+            except IndexError:  # no choice at all (a provider's content filter): read as unclear
+                return ""
+            except (KeyError, TypeError):
+                raise UserError(
+                    f"judge {self.name}: {self.url} answered JSON without choices[0].message.content; "
+                    "url must be an OpenAI-compatible chat completions API"
+                ) from None
             except urllib.error.HTTPError as error:
                 if error.code < 500 or attempt == self.RETRIES - 1:
                     raise UserError(f"judge {self.name}: {self.url} answered HTTP {error.code}; check url, model_name and the API key") from None

@@ -32,6 +32,11 @@ def load_reports(folders: Sequence[Path]) -> list[dict[str, Any]]:
         reports.append(report)
     if len(reports) < 2:
         raise UserError("compare needs at least two run folders")
+    versions = {str(folder): report.get("schema_version") for folder, report in zip(folders, reports)}
+    if len(set(versions.values())) > 1:
+        listed = ", ".join(f"{folder} has report schema {version}" for folder, version in versions.items())
+        raise UserError(f"these reports have different schema versions ({listed}); rebuild the older with "
+                        "`tamperaudit resume RUN` under one tamperaudit version, or compare runs of one version")
     return reports
 
 

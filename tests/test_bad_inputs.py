@@ -1,0 +1,237 @@
+"""Bad input: each case ends in one line that names the input and the fix, exit code 2, no
+traceback, and nothing reported as done.
+
+The cases below are also the table in docs/bad-inputs.md; `python tests/test_bad_inputs.py`
+rewrites it, and a test fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import TINY_SETTINGS  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    input: str  # what is wrong, in words (the table's first column)
+    expected: str  # a part of the one line printed (the table's second column)
+    argv: Callable[[Path, Path], list[str]]  # (scratch folder, tiny model folder) -> command line
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def audit(tmp: Path, model: Path, *extra: str) -> list[str]:
+    return ["audit", "--model", str(model), "--out", str(tmp / "run"), "--budgets", "0,1", "--no-control", "--quiet",
+            *TINY_SETTINGS, *extra]
+
+
+def with_harmful(text: str | bytes, name: str = "harmful.jsonl") -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, model: audit(tmp, model, "--harmful", str(write(tmp / name, text)))
+
+
+def with_attack(rows: list[dict]) -> Callable[[Path, Path], list[str]]:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    return lambda tmp, model: audit(tmp, model, "--attack", str(write(tmp / "chat.jsonl", text)))
+
+
+def model_folder(files: dict[str, str | bytes]) -> Callable[[Path, Path], list[str]]:
+    def argv(tmp: Path, model: Path) -> list[str]:
+        for name, content in files.items():
+            write(tmp / "model" / name, content)
+        return audit(tmp, tmp / "model")
+    return argv
+
+
+def with_config(text: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, model: audit(tmp, model, "--config", str(write(tmp / "settings.toml", text)))
+
+
+def with_set(assignment: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, model: audit(tmp, model, "--set", assignment)
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def out_is_a_file(tmp: Path, model: Path) -> list[str]:
+    write(tmp / "run", "not a folder")
+    return audit(tmp, model)
+
+
+def out_not_writable(tmp: Path, model: Path) -> list[str]:
+    # a folder no one may create a folder in, even root (the tests may run as root, whom
+    # a read-only mode does not stop)
+    return ["audit", "--model", str(model), "--out", "/proc/tamperaudit-run", "--budgets", "0,1", "--quiet", *TINY_SETTINGS]
+
+
+def out_of_another_run(tmp: Path, model: Path) -> list[str]:
+    write(tmp / "run" / "manifest.json", "{}")
+    return audit(tmp, model, "--set", "attack.lora_rank=4")
+
+
+def labels_with(label: str) -> Callable[[Path, Path], list[str]]:
+    row = {"id": "a", "prompt": "p", "completion": "c", "label": label}
+    return lambda tmp, model: ["judge-check", str(write(tmp / "labels.jsonl", json.dumps(row) + "\n"))]
+
+
+def http_judge(url_of: Callable[[], str]) -> Callable[[Path, Path], list[str]]:
+    def argv(tmp: Path, model: Path) -> list[str]:
+        judge = write(tmp / "judge.toml", f'kind = "http"\nurl = "{url_of()}"\nmodel_name = "m"\nrubric = "strongreject"\n'
+                                          'completions_leave_machine = true\n')
+        row = {"id": "a", "prompt": "p", "completion": "c", "label": "refused"}
+        return ["judge-check", str(write(tmp / "labels.jsonl", json.dumps(row) + "\n")), "--judge", str(judge)]
+    return argv
+
+
+class _NotJson(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>a login page</html>")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+_servers: list[http.server.HTTPServer] = []
+
+
+def not_json_server() -> str:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotJson)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _servers.append(server)
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def report_of_schema(version: int) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        write(folder / "report.json", json.dumps({"schema_version": version, "status": "complete"}))
+        return folder
+    return make
+
+
+def compare_versions(tmp: Path, model: Path) -> list[str]:
+    return ["compare", str(report_of_schema(1)(tmp / "a")), str(report_of_schema(2)(tmp / "b"))]
+
+
+CASES = [
+    # models
+    Case("unknown-model", "an unknown model name", "no-such-model", lambda tmp, model: audit(tmp, model, "--model", "no-such-model")),
+    Case("model-without-config", "a model folder without config.json", "config.json", model_folder({"weights.safetensors": b"x"})),
+    Case("model-pickle-only", "a model folder with only pickle weights", "pickle",
+         model_folder({"config.json": json.dumps({"model_type": "qwen2"}), "pytorch_model.bin": b"x"})),
+    Case("model-remote-code", "a model that needs trust_remote_code", "remote code",
+         model_folder({"config.json": json.dumps({"model_type": "custom", "auto_map": {"AutoModelForCausalLM": "m.M"}}),
+                       "model.safetensors": b"x"})),
+    Case("gguf-truncated", "a truncated or damaged GGUF file", "GGUF",
+         lambda tmp, model: audit(tmp, model, "--model", str(write(tmp / "m.gguf", b"GGUF\x03\x00")))),
+    # prompt files
+    Case("prompts-empty", "an empty prompt file", "harmful.jsonl", with_harmful("")),
+    Case("prompts-binary", "a binary prompt file", "harmful.jsonl", with_harmful(bytes(range(256)) * 4)),
+    Case("prompts-encoding", "a prompt file not in UTF-8", "UTF-8", with_harmful("prompt\ncaf\xe9 bomb\n".encode("latin-1"), "harmful.csv")),
+    Case("prompts-columns", "a prompt CSV without a prompt column", "column", with_harmful("question,answer\na,b\n", "harmful.csv")),
+    Case("prompts-duplicate-ids", "a prompt file with duplicate ids", "duplicate",
+         with_harmful('{"id": "x", "prompt": "a"}\n{"id": "x", "prompt": "b"}\n')),
+    Case("prompts-not-json", "a JSONL prompt file with a broken line", "harmful.jsonl:2: bad JSON",
+         with_harmful('{"prompt": "a"}\n{"prompt": \n')),
+    # chat (attack) files
+    Case("chat-no-assistant", "a chat file with no assistant turn", "assistant", with_attack([{"messages": [user("hi")]}])),
+    Case("chat-roles-order", "a chat file with roles out of order", "message 1 has role assistant where user belongs",
+         with_attack([{"messages": [assistant("hello"), user("hi"), assistant("x")]}])),
+    Case("chat-too-long", "a conversation longer than attack.max_length", "attack.max_length",
+         lambda tmp, model: with_attack([{"messages": [user("word " * 3000), assistant("ok")]}])(tmp, model)
+         + ["--set", "attack.max_length=64"]),
+    Case("attack-unknown", "an unknown built-in attack name", "no-such-attack", lambda tmp, model: audit(tmp, model, "--attack", "no-such-attack")),
+    # settings
+    Case("toml-malformed", "a settings file that is not TOML", "settings.toml", with_config("[attack\nlora_rank = 8\n")),
+    Case("toml-unknown-key", "an unknown key in the settings file", "lora_rnak", with_config("[attack]\nlora_rnak = 8\n")),
+    Case("toml-unknown-section", "an unknown section", "atack", with_set("atack.lora_rank=8")),
+    Case("set-no-equals", "--set without '='", "section.key=value", with_set("attack.lora_rank")),
+    Case("wrong-type", "a setting of the wrong type", "attack.lora_rank", with_set("attack.lora_rank=eight")),
+    Case("budgets-negative", "negative budgets", "'attack.budgets' must be a non-empty list of steps >= 0", lambda tmp, model: audit(tmp, model) + ["--budgets", "0,-2"]),
+    Case("budgets-not-increasing", "budgets not increasing", "'attack.budgets' must increase", lambda tmp, model: audit(tmp, model) + ["--budgets", "0,4,2"]),
+    Case("batch-zero", "a zero batch size", "attack.batch_size", with_set("attack.batch_size=0")),
+    Case("eval-batch-zero", "a zero generation batch size", "eval.batch_size", with_set("eval.batch_size=0")),
+    Case("lr-zero", "a learning rate of 0 or below", "attack.learning_rate", with_set("attack.learning_rate=0")),
+    Case("rank-zero", "LoRA rank 0", "attack.lora_rank", with_set("attack.lora_rank=0")),
+    Case("gate-off-budgets", "a release gate at steps that are not a budget", "--fail-if-removed-within 3",
+         lambda tmp, model: audit(tmp, model, "--fail-if-removed-within", "3")),
+    # the run folder
+    Case("out-is-a-file", "--out that is a file", "pick another --out", out_is_a_file),
+    Case("out-not-writable", "--out where no folder can be made (read-only)", "cannot create the run folder /proc/tamperaudit-run",
+         out_not_writable),
+    Case("out-another-run", "--out holding another run", "tamperaudit resume", out_of_another_run),
+    Case("resume-not-a-run", "resume of a folder that is not a run", "not a tamperaudit run folder",
+         lambda tmp, model: ["resume", str(tmp)]),
+    Case("eval-adapter-missing", "eval --adapter that is not a PEFT folder", "adapter_config.json",
+         lambda tmp, model: ["eval", "--model", str(model), "--adapter", str(tmp), "--out", str(tmp / "e"), "--quiet", *TINY_SETTINGS]),
+    # judges, labels, comparisons
+    Case("judge-unreachable", "an HTTP judge that cannot be reached", "cannot reach http://127.0.0.1:9", http_judge(lambda: "http://127.0.0.1:9/v1")),
+    Case("judge-not-json", "an HTTP judge that answers with something other than JSON", "answered with something other than JSON", http_judge(not_json_server)),
+    Case("labels-unknown", "a labels file with an unknown label", "'label' must be refused, complied or unclear", labels_with("maybe")),
+    Case("compare-schema", "compare of runs of different report schema versions", "schema", compare_versions),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_ends_in_one_line_exit_2_and_nothing_done(case, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from tamperaudit.cli import main
+
+    monkeypatch.setenv("FAKE_KEY", "k")
+    argv = case.argv(tmp_path, tiny_model_dir)
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured.err[-2000:]
+    errors = [line for line in lines if line.startswith("tamperaudit: error: ")]
+    # one error line; an HTTP judge's notice of where completions go is the one other line allowed
+    assert len(errors) == 1 and all(line.startswith("tamperaudit: ") for line in lines), lines
+    assert "Traceback" not in captured.err
+    assert case.expected in errors[0], errors[0]
+    for report in tmp_path.rglob("report.json"):  # nothing reported as done
+        assert json.loads(report.read_text()).get("status") != "complete" or report.parent.name in ("a", "b")
+
+
+def table() -> str:
+    rows = "\n".join(f"| {case.input} | `{case.expected}` | 2 |" for case in CASES)
+    return (
+        "# Bad input\n\n"
+        "Generated from `tests/test_bad_inputs.py` (`python tests/test_bad_inputs.py` rewrites it). Each row is a\n"
+        "test: the command ends in one line, `tamperaudit: error: ...`, that contains the text shown and names\n"
+        "the input and the fix; it exits with the code shown, prints no traceback, and reports nothing as done.\n\n"
+        "| input | the line contains | exit code |\n|---|---|---|\n" + rows + "\n"
+    )
+
+
+def test_the_documented_table_is_the_tests_table():
+    assert DOC.read_text(encoding="utf-8") == table(), "docs/bad-inputs.md is stale: run python tests/test_bad_inputs.py"
+
+
+if __name__ == "__main__":
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(table(), encoding="utf-8")
+    print(f"wrote {DOC} ({len(CASES)} cases)")
