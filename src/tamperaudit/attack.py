@@ -38,6 +38,7 @@ from tamperaudit.data import Conversation
 from tamperaudit.distributed import Processes
 from tamperaudit.models import body_and_head_parameters
 from tamperaudit.errors import UserError, WriteError, is_out_of_memory
+from tamperaudit.generation import chat_text
 from tamperaudit.fileio import atomic_write_json, read_json
 
 IGNORE = -100
@@ -57,7 +58,7 @@ class Example:
 
 
 def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    text = chat_text(tokenizer, messages, generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

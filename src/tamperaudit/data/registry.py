@@ -103,6 +103,10 @@ def _folder(name: str) -> Path:
     return cache_root() / "benchmarks" / name
 
 
+class _TooLarge(Exception):
+    pass
+
+
 def cached_path(name: str) -> Path:
     """The verified cached file of a named benchmark; fetching is never implicit."""
     benchmark = BENCHMARKS[name]
@@ -110,6 +114,10 @@ def cached_path(name: str) -> Path:
     if not path.is_file():
         raise UserError(f"{name}: not downloaded yet; run `tamperaudit data fetch {name}` (it needs internet access)")
     return path
+
+
+# No benchmark in the table is near this; a larger download is a wrong or hostile URL.
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 
 
 def fetch(name: str, timeout: float = 60.0) -> Path:
@@ -125,8 +133,18 @@ def fetch(name: str, timeout: float = 60.0) -> Path:
     partial = target.with_name(target.name + ".partial")
     try:
         with urllib.request.urlopen(benchmark.url, timeout=timeout) as response, open(partial, "wb") as out:
+            received = 0
             while chunk := response.read(1 << 20):
+                received += len(chunk)
+                if received > MAX_DOWNLOAD_BYTES:
+                    raise _TooLarge()
                 out.write(chunk)
+    except _TooLarge:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"{name}: the download from {benchmark.url} passed {MAX_DOWNLOAD_BYTES // 2**20} MiB, more than any "
+            "benchmark here; nothing was kept"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         partial.unlink(missing_ok=True)
         raise UserError(f"{name}: download from {benchmark.url} failed ({error})") from None
