@@ -216,6 +216,31 @@ def test_bad_input_ends_in_one_line_exit_2_and_nothing_done(case, tmp_path, tiny
         assert json.loads(report.read_text()).get("status") != "complete" or report.parent.name in ("a", "b")
 
 
+def test_a_built_in_gguf_whose_parts_do_not_hash_to_the_pin_is_refused(tmp_path, monkeypatch, capsys, isolated_cache):
+    import dataclasses
+
+    from tamperaudit import models
+    from tamperaudit.cli import main
+
+    part = write(tmp_path / "part1", b"GGUF" + bytes(64))  # not the file the pin names
+    real = next(iter(models.BUILTIN_MODELS.values()))
+    fake = dataclasses.replace(real, name="fake-builtin", parts=(("x", "part1"),))
+    monkeypatch.setitem(models.BUILTIN_MODELS, "fake-builtin", fake)
+    monkeypatch.setattr(models, "builtin_part_paths", lambda model: [part])
+    assert main(audit(tmp_path, Path("unused"), "--model", "fake-builtin")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not hash to the pinned SHA-256" in err and "reinstall them" in err
+    assert not list(isolated_cache.rglob("*.gguf"))  # nothing unverified kept
+
+
+def test_a_prompt_file_of_100k_rows_is_read_and_limited_not_refused(tmp_path):
+    from tamperaudit.data import load_harmful
+
+    path = write(tmp_path / "big.jsonl", "".join(json.dumps({"prompt": f"request {i}"}) + "\n" for i in range(100_000)))
+    prompts = load_harmful(str(path), 110)
+    assert len(prompts) == 110 and len({p.text for p in prompts.items}) == 110
+
+
 def table() -> str:
     rows = "\n".join(f"| {case.input} | `{case.expected}` | 2 |" for case in CASES)
     return (

@@ -208,3 +208,12 @@ def test_a_damaged_run_folder_is_named_in_one_line(straight, tmp_path, capsys, h
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("tamperaudit: error: "), err
     assert expected in err
+
+
+def test_a_checkpoint_whose_adapter_went_missing_is_trained_again(tiny_model_dir, tmp_path, straight):
+    # killed while measuring budget 2: its checkpoint is kept for resume; then its adapter is lost
+    out = tmp_path / "run"
+    killed_at(tiny_model_dir, out, "eval-budget-000002")
+    shutil.rmtree(out / "budget-000002" / "adapter")
+    resumed_cleanly(out)  # the checkpoint is incomplete, so training starts again from step 0
+    assert measured(out) == measured(straight)
