@@ -208,6 +208,9 @@ def test_a_damaged_run_folder_is_named_in_one_line(straight, tmp_path, capsys, h
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("tamperaudit: error: "), err
     assert expected in err
+    if how not in ("manifest-not-json", "other-version"):  # a damaged stage: the report no longer claims the run whole
+        report = read_json(run / "report.json")
+        assert report["status"] == "error" and report["error"] == err.removeprefix("tamperaudit: error: ")
 
 
 def test_a_checkpoint_whose_adapter_went_missing_is_trained_again(tiny_model_dir, tmp_path, straight):

@@ -57,7 +57,7 @@ from tamperaudit.data import (
     load_kl_prompts,
 )
 from tamperaudit.distributed import Processes
-from tamperaudit.errors import UserError, one_line
+from tamperaudit.errors import DamagedFile, UserError, one_line
 from tamperaudit.evals.capability import (
     BaseDistributions,
     aggregate_capability,
@@ -748,6 +748,14 @@ def resume_audit(root: Path) -> Path:
         run.lock()
     try:
         context = _resumed_context(run, processes, started)
+    except DamagedFile as error:  # the folder no longer holds what its report says: the report says so
+        if run.writes:
+            try:
+                write_report(run.root, failure_report(run, "error", one_line(error), []))
+            except UserError:
+                pass  # the manifest itself is damaged: the error line says so
+        run.unlock()
+        raise
     except BaseException:
         run.unlock()
         raise
