@@ -7,8 +7,11 @@ rewrites it, and a test fails when the two differ.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import json
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -197,21 +200,46 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_ends_in_one_line_exit_2_and_nothing_done(case, tmp_path, tiny_model_dir, capsys, monkeypatch):
+def run_case(case: Case, scratch: Path, model: Path) -> tuple[int, str]:
+    """Exit code and standard error of one case, run in-process."""
+    from tamperaudit import progress
     from tamperaudit.cli import main
 
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(case.argv(scratch, model))
+    progress.set_quiet(False)
+    return code, err.getvalue()
+
+
+def error_line(stderr: str, scratch: Path, model: Path) -> str:
+    """The one error line, with this run's folders and ports written as placeholders."""
+    line = next((line for line in stderr.splitlines() if line.startswith("tamperaudit: error: ")), "(no error line)")
+    line = line.replace(str(scratch), "SCRATCH").replace(str(model), "MODEL")
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", line)
+
+
+def documented_lines() -> dict[str, str]:
+    """The table's line for each case id (the doc is the reference)."""
+    rows = re.findall(r"^\| `([^`]+)` \| .*? \| `` (.*) `` \| (\d+) \|$", DOC.read_text(encoding="utf-8"), re.M)
+    return {case_id: line for case_id, line, _ in rows}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_ends_in_one_line_exit_2_and_nothing_done(case, tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
-    argv = case.argv(tmp_path, tiny_model_dir)
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err[-2000:]
+    code, stderr = run_case(case, tmp_path, tiny_model_dir)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr[-2000:]
     errors = [line for line in lines if line.startswith("tamperaudit: error: ")]
     # one error line; an HTTP judge's notice of where completions go is the one other line allowed
     assert len(errors) == 1 and all(line.startswith("tamperaudit: ") for line in lines), lines
-    assert "Traceback" not in captured.err
+    assert "Traceback" not in stderr
     assert case.expected in errors[0], errors[0]
+    # the documented line, word for word: docs/bad-inputs.md cannot drift from what users see
+    assert error_line(stderr, tmp_path, tiny_model_dir) == documented_lines().get(case.id), (
+        "docs/bad-inputs.md is stale: run python tests/test_bad_inputs.py"
+    )
     for report in tmp_path.rglob("report.json"):  # nothing reported as done
         assert json.loads(report.read_text()).get("status") != "complete" or report.parent.name in ("a", "b")
 
@@ -241,22 +269,41 @@ def test_a_prompt_file_of_100k_rows_is_read_and_limited_not_refused(tmp_path):
     assert len(prompts) == 110 and len({p.text for p in prompts.items}) == 110
 
 
-def table() -> str:
-    rows = "\n".join(f"| {case.input} | `{case.expected}` | 2 |" for case in CASES)
+def table(lines: dict[str, str]) -> str:
+    # double backticks: some lines quote a command in single ones
+    rows = "\n".join(f"| `{case.id}` | {case.input} | `` {lines[case.id]} `` | 2 |" for case in CASES)
     return (
         "# Bad input\n\n"
-        "Generated from `tests/test_bad_inputs.py` (`python tests/test_bad_inputs.py` rewrites it). Each row is a\n"
-        "test: the command ends in one line, `tamperaudit: error: ...`, that contains the text shown and names\n"
-        "the input and the fix; it exits with the code shown, prints no traceback, and reports nothing as done.\n\n"
-        "| input | the line contains | exit code |\n|---|---|---|\n" + rows + "\n"
+        "Generated from `tests/test_bad_inputs.py` by running each case (`python tests/test_bad_inputs.py`\n"
+        "rewrites it). Each row is a test that the command prints this line word for word, and nothing else\n"
+        "but at most an HTTP judge's notice of where completions go; exits with the code shown; prints no\n"
+        "traceback; and reports nothing as done. SCRATCH is the folder holding the case's files, MODEL a\n"
+        "small model folder, PORT a local port.\n\n"
+        "| case | input | the line printed | exit code |\n|---|---|---|---|\n" + rows + "\n"
     )
 
 
-def test_the_documented_table_is_the_tests_table():
-    assert DOC.read_text(encoding="utf-8") == table(), "docs/bad-inputs.md is stale: run python tests/test_bad_inputs.py"
+def test_every_case_is_in_the_table():
+    assert set(documented_lines()) == {case.id for case in CASES}, "run python tests/test_bad_inputs.py"
 
 
 if __name__ == "__main__":
+    import os
+    import tempfile
+
+    from tamperaudit.testing import build_tiny_model
+
+    os.environ["FAKE_KEY"] = "k"
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        os.environ["TAMPERAUDIT_CACHE"] = str(root / "cache")
+        model = build_tiny_model(root / "tiny")
+        lines = {}
+        for case in CASES:
+            scratch = root / case.id
+            scratch.mkdir()
+            code, stderr = run_case(case, scratch, model)
+            lines[case.id] = error_line(stderr, scratch, model) if code == 2 else f"(exit {code})"
     DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(table(), encoding="utf-8")
+    DOC.write_text(table(lines), encoding="utf-8")
     print(f"wrote {DOC} ({len(CASES)} cases)")
