@@ -103,11 +103,11 @@ class TrainState:
     examples: int = 0
     tokens: int = 0  # non-padding tokens processed
     labelled_tokens: int = 0  # tokens that carried loss
+    # device-seconds: each process's time, summed over the processes (one device each), so
+    # that dollars = seconds x price per device-hour at any process count
     seconds: float = 0.0
     flops: float = 0.0  # estimated, see training_flops
     losses: list[float] = field(default_factory=list)  # mean loss of each step
-    # seconds are device-seconds: each process's time, summed over the processes (one
-    # device each), so that dollars = seconds x price per device-hour at any count
     processes: int = 1  # the most processes that trained any of these steps
 
     def as_dict(self) -> dict[str, Any]:
@@ -356,8 +356,7 @@ class LoraAttack:
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
-        self.processes = processes or Processes()
-        check_batch_split([settings.batch_size], self.processes.count)
+        self.processes = processes or Processes()  # the pipeline checked the batch splits over them
         self.settings = settings
         self.tokenizer = tokenizer
         self.device = device

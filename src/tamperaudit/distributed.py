@@ -11,8 +11,7 @@ process while the others wait at a barrier, and only the main process writes to
 the run folder. Evaluating on one process keeps each stage's ``samples.jsonl``
 identical in content to a single-process run: splitting the prompts would change
 which prompts share a generation batch, and with it the padding each row sees.
-On GPUs the evaluations' speed comes from the vLLM backend instead
-(``eval.backend=vllm``, ``eval.tensor_parallel_size``).
+(The vLLM backend has not been tried under several processes.)
 
 Sharded training (FSDP, DeepSpeed ZeRO-3) is refused for now, with the reason: under
 sharding no single process holds the weights that main-process evaluation needs.
@@ -39,9 +38,9 @@ T = TypeVar("T")
 # torch's default (10-30 minutes) is shorter than a large model's eval on the HF backend.
 BARRIER_TIMEOUT = dt.timedelta(hours=12)
 
-SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 # What accelerate launch sets for a sharded config, whatever it then makes of it (on a CPU,
-# accelerate 1.15 quietly replaces FSDP by plain data parallelism).
+# accelerate 1.15 quietly replaces FSDP by plain data parallelism): refused before accelerate
+# is initialised.
 SHARDING_VARIABLES = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED", "MEGATRON_LM": "ACCELERATE_USE_MEGATRON_LM"}
 
 
@@ -151,8 +150,6 @@ def current() -> Processes:
             f"the launcher started {launched_processes()} processes but accelerate joined "
             f"{accelerator.num_processes} ({kind}); each would run an audit of its own"
         )
-    if kind in SHARDED:
-        raise UserError(_sharded_message(kind))
     return Processes(accelerator.num_processes, accelerator.process_index, kind, accelerator)
 
 

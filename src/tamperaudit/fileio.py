@@ -57,26 +57,38 @@ def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DamagedFile(f"{path} is not valid JSON ({_why(error)}): it was cut or changed after it was written") from None
+    except json.JSONDecodeError as error:
+        raise DamagedFile(f"{path} is not valid JSON ({error.msg}): it was cut or changed after it was written") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(f"{path} is not UTF-8 text: it was cut or changed after it was written") from None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_text(path: Path) -> str:
+    """A file tamperaudit wrote as UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DamagedFile(f"{path} is not UTF-8 text: the file was cut or changed after it was written") from None
+
+
+def parse_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file's text; ``path`` names the file in the error."""
     rows = []
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    rows.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DamagedFile(
-                f"{path} line {number} is not valid JSON ({_why(error)}): the file was cut or changed after it was written"
-            ) from None
+    # split on newlines only: str.splitlines would also cut at U+2028 and the like, which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DamagedFile(
+                    f"{path} line {number} is not valid JSON ({error.msg}): the file was cut or changed after it was written"
+                ) from None
     return rows
 
 
-def _why(error: Exception) -> str:
-    return error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return parse_jsonl(read_text(path), path)
 
 
 def sha256_file(path: Path) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-from tamperaudit import progress
+from tamperaudit import distributed, progress
 from tamperaudit.errors import UserError, is_out_of_memory, one_line
 from tamperaudit.fileio import atomic_write_text, sha256_file
 
@@ -530,8 +530,6 @@ def _refuse_remote_code(config: Path, spec: str) -> None:
 
 def pick_device() -> torch.device:
     """The first GPU, or this process's own GPU when ``accelerate launch`` started several."""
-    from tamperaudit import distributed
-
     launched = distributed.device()
     if launched is not None:
         return launched

@@ -653,14 +653,14 @@ def execute(ctx: Context) -> Path:
 
 def _record_failure(ctx: Context, status: str, message: str) -> None:
     """Mark the running stages and write a failure report; never hide the original error."""
+    if not ctx.run.writes:  # the main process records it
+        return
     try:
         stopped = [name for name, entry in ctx.run.manifest()["stages"].items() if entry.get("state") == RUNNING]
         for name in stopped:
             ctx.run.mark(name, status, error=message)
         elapsed = time.monotonic() - ctx.started
         ctx.run.add_session(elapsed, status, ctx.processes.count)
-        if not ctx.run.writes:
-            return
         write_report(ctx.run.root, failure_report(ctx.run, status, message, stopped))
     except Exception as error:  # the disk may be why the run failed: say so, keep the first error
         progress.warn(f"could not record the failure in {ctx.run.root} ({one_line(error)})")

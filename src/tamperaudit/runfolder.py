@@ -8,6 +8,8 @@ so a run killed at any moment resumes from the last finished stage.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from tamperaudit import __version__, faults
 from tamperaudit.errors import UserError
 from tamperaudit.errors import DamagedFile
-from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, read_json, read_jsonl, sha256_text
+from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, parse_jsonl, read_json, read_text, sha256_text
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the process working on the run; it names that process's pid
@@ -84,9 +86,6 @@ class RunFolder:
         """Hold this run folder for the rest of the process, or stop in one line if another
         process holds it. The operating system releases the lock when its holder exits, however
         it exits, so a lock left by a killed process is taken over without a stale-lock check."""
-        import fcntl
-        import os
-
         descriptor = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,8 +100,6 @@ class RunFolder:
         self._lock = descriptor  # kept open: closing it would release the lock
 
     def unlock(self) -> None:
-        import os
-
         if self._lock is not None:
             os.close(self._lock)  # the lock file stays; the next holder overwrites its pid
             self._lock = None
@@ -211,12 +208,12 @@ class RunFolder:
         path = self.root / stage / SAMPLES
         expected = self.manifest()["stages"].get(stage, {}).get("samples_sha256")
         try:
-            if expected is not None and sha256_text(path.read_text(encoding="utf-8")) != expected:
+            text = read_text(path)  # read once: hashed, then parsed
+            if expected is not None and sha256_text(text) != expected:
                 raise DamagedFile(f"{path} is not the file its stage wrote (its SHA-256 differs): it was cut or changed")
-            return read_jsonl(path)
-        except (DamagedFile, UnicodeDecodeError) as error:
-            why = str(error) if isinstance(error, DamagedFile) else f"{path} is not UTF-8 text"
-            raise DamagedFile(f"{why}; {self._redo_hint(stage)}") from None
+            return parse_jsonl(text, path)
+        except DamagedFile as error:
+            raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
         except FileNotFoundError:
             raise DamagedFile(f"{path} is missing although its stage is marked done; {self._redo_hint(stage)}") from None
 
