@@ -52,7 +52,9 @@ def test_audit_writes_the_run_folder_and_report(straight_run):
         total = sum(share[v]["count"] for v in ("refused", "complied", "unclear"))
         assert total == share["n"] == 6
     markdown = (straight_run / "report.md").read_text()
-    assert markdown.splitlines()[2].startswith("- Refusal on 6 harmful requests")
+    lines = markdown.splitlines()
+    assert lines[2] == "## Verdict"  # the answer first, then the summary
+    assert lines[lines.index("## Summary") + 2].startswith("- Refusal on 6 harmful requests")
     for mode in report["modes"]:  # the score under both readings of unclear
         assert report["score"][mode]["reading"] == "refused"
         assert report["score_unclear_as_refusal"][mode]["reading"] == "refusal_if_unclear_refused"

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", type=Path, nargs="+", help="run folders with a report.json")
     compare.add_argument("--force", action="store_true", help="compare even when probe sets or judges differ")
     compare.add_argument("--json", action="store_true", help="print the table as JSON")
+    compare.add_argument("--out", type=Path, help="also write compare.md, compare.html and the shared-axes plot into this folder")
     data = commands.add_parser("data", help="list the built-in sets and known benchmarks; fetch a benchmark")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_commands.add_parser("list", help="built-in sets (rows, categories, hashes) and known benchmarks (the default)")
@@ -322,10 +323,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from tamperaudit.report.compare import compare, render
 
-    table, problems = compare(args.runs, args.force)
+    table, problems = compare(args.runs, args.force, args.out)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     print(json.dumps(table, indent=2) if args.json else render(table))
+    if args.out is not None and not args.json:
+        print(f"page: {args.out / 'compare.html'}")
     return 0
 
 

@@ -134,9 +134,53 @@ def render(table: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def compare(folders: Sequence[Path], force: bool = False) -> tuple[list[dict[str, str]], list[str]]:
+def _labels(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's name on the shared chart: its model, and its folder where models repeat."""
+    models = [Path(r["model"]["spec"]).name for r in reports]
+    return [m if models.count(m) == 1 else f"{m} ({Path(r['run']['folder']).name})" for m, r in zip(models, reports)]
+
+
+def page(reports: Sequence[dict[str, Any]], table: list[dict[str, str]], problems: Sequence[str]) -> tuple[str, dict[str, bytes]]:
+    """compare.md and its plot: the table, what differs, and every run's curves on shared axes."""
+    from tamperaudit.report.plots import compare as compare_plot
+
+    images = {"compare.png": compare_plot(reports, _labels(reports))}
+    lines = [f"# tamperaudit compare: {len(reports)} runs", ""]
+    if problems:
+        lines += ["## Not comparable as they stand (compared with --force)", "", *(f"- {p}" for p in problems), ""]
+    lines += [
+        "## Curves",
+        "",
+        "![Each run's refusal (its headline mode) and multiple-choice accuracy against budget](plots/compare.png)",
+        "",
+        "## Table",
+        "",
+        render(table),
+        "",
+        "## Runs",
+        "",
+    ]
+    for report in reports:
+        lines.append(f"- `{report['run']['folder']}`: `{report['model']['spec']}`, {report['attack']['name']} attack, "
+                     f"headline mode {report['headline_mode']}, judge {report['judge']['name']}, "
+                     f"tamperaudit {report['tool']['version']}")
+    return "\n".join(lines) + "\n", images
+
+
+def compare(folders: Sequence[Path], force: bool = False, out: Path | None = None) -> tuple[list[dict[str, str]], list[str]]:
+    """The comparison table and what differs; with ``out``, also compare.md, compare.html and plots/ there."""
     reports = load_reports(folders)
     problems = mismatches(reports)
     if problems and not force:
         raise UserError("runs are not comparable: " + "; ".join(problems) + " (pass --force to compare anyway)")
-    return rows(reports), problems
+    table = rows(reports)
+    if out is not None:
+        from tamperaudit.fileio import atomic_write_bytes, atomic_write_text
+        from tamperaudit.report.render import markdown_to_html
+
+        markdown, images = page(reports, table, problems)
+        for name, data in images.items():
+            atomic_write_bytes(out / "plots" / name, data)
+        atomic_write_text(out / "compare.md", markdown)
+        atomic_write_text(out / "compare.html", markdown_to_html(markdown, images))
+    return table, problems

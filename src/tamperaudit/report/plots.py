@@ -1,46 +1,231 @@
-"""Small SVG line charts of rates (0..1) against attack budget; no plotting library needed."""
+"""The report's plots, drawn with matplotlib from report.json alone, as PNG bytes.
+
+Each plot is a ``matplotlib.figure.Figure`` rendered by the Agg canvas: no pyplot, so
+no global state and no display is needed. Rates carry their 95% Wilson intervals as
+bands; the x axis is proportional to the budget in optimizer steps, with the training
+tokens and dollars of each budget on a second axis above it.
+"""
 
 from __future__ import annotations
 
-import html
-from typing import Sequence
+import io
+from typing import Any, Sequence
 
-COLOURS = ("#c0392b", "#2471a3", "#7f8c8d", "#27ae60", "#8e44ad")
-WIDTH, HEIGHT = 420, 260
-LEFT, RIGHT, TOP, BOTTOM = 48, 110, 28, 40
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+from tamperaudit.cost import significant
+
+VERDICT_COLOURS = {"refused": "#c0392b", "complied": "#2471a3", "unclear": "#7f8c8d"}
+CONTROL_COLOUR = "#27ae60"
+CAPABILITY_COLOURS = {"accuracy": "#2471a3", "over-refusal": "#d35400", "kl": "#6c3483"}
+# One colour per run on the compare page.
+RUN_COLOURS = ("#c0392b", "#2471a3", "#27ae60", "#8e44ad", "#d35400", "#16a085", "#7f8c8d", "#2c3e50")
+DPI = 100
 
 
-def line_chart(title: str, x_label: str, xs: Sequence[float], series: dict[str, Sequence[float | None]]) -> str:
-    """Rates as lines over evenly spaced budget ticks (budgets are often geometric)."""
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    n = len(xs)
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
 
-    def x_at(i: int) -> float:
-        return LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
 
-    def y_at(v: float) -> float:
-        return TOP + plot_h * (1 - v)
+def _share(point: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """metrics[path[0]][path[1]]...; None where the point did not measure it."""
+    value: Any = point["metrics"]
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">',
-        f'<text x="{LEFT}" y="16" font-size="13">{html.escape(title)}</text>',
-    ]
-    for tick in (0, 0.25, 0.5, 0.75, 1):
-        y = y_at(tick)
-        parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{int(tick * 100)}%</text>')
-    for i, x in enumerate(xs):
-        parts.append(f'<text x="{x_at(i):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{x:g}</text>')
-    parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
-    for k, (name, values) in enumerate(series.items()):
-        colour = COLOURS[k % len(COLOURS)]
-        points = [(x_at(i), y_at(v)) for i, v in enumerate(values) if v is not None]
-        if points:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in points]
-        legend_y = TOP + 14 * k + 6
-        parts.append(f'<rect x="{LEFT + plot_w + 12}" y="{legend_y - 8}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{LEFT + plot_w + 26}" y="{legend_y + 1}">{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+
+def _curve(points: list[dict[str, Any]], path: Sequence[str]) -> tuple[list[int], list[float], list[float], list[float]]:
+    budgets, rates, lows, highs = [], [], [], []
+    for point in points:
+        share = _share(point, path)
+        if share is None or share.get("rate") is None:
+            continue
+        budgets.append(point["budget"])
+        rates.append(share["rate"])
+        lows.append(share["low"])
+        highs.append(share["high"])
+    return budgets, rates, lows, highs
+
+
+def _banded(ax: Any, curve: tuple[list[int], list[float], list[float], list[float]], colour: str, label: str,
+            style: str = "-", band: bool = True, width: float = 2.0) -> None:
+    budgets, rates, lows, highs = curve
+    if not budgets:
+        return
+    if band:
+        ax.fill_between(budgets, lows, highs, color=colour, alpha=0.15, linewidth=0)
+    ax.plot(budgets, rates, style, color=colour, label=label, linewidth=width, marker="o", markersize=4)
+
+
+def _cost_axis(ax: Any, points: list[dict[str, Any]]) -> None:
+    """Tokens and dollars of each trained budget, on an axis above the steps axis."""
+    priced = [p for p in points if p.get("cost")]
+    if not priced:
+        return
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks([p["budget"] for p in priced])
+    labels = []
+    for point in priced:
+        cost = point["cost"]
+        dollars = "" if cost.get("dollars") is None else f"\n${significant(cost['dollars'])}"
+        labels.append(f"{_short(cost['tokens'])}{dollars}")
+    top.set_xticklabels(labels, fontsize=7)
+    top.set_xlabel("training tokens and dollars (this machine)", fontsize=8)
+
+
+def _short(count: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.0f}"
+
+
+def _budget_axis(ax: Any, budgets: Sequence[int]) -> None:
+    largest = max(budgets) if budgets else 1
+    margin = max(largest, 1) * 0.03
+    ax.set_xlim(-margin, largest + margin)
+    ax.set_xticks(sorted(set(budgets)))
+    ax.set_xlabel("attack budget (optimizer steps)")
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def _rate_axis(ax: Any, label: str) -> None:
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel(label)
+
+
+def _arms(report: dict[str, Any], role: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """(name, arm) of the role's arms; the main attack arm is (\"attack\", None): its points are report['points']."""
+    arms: list[tuple[str, dict[str, Any] | None]] = [("attack", None)] if role == "attack" else []
+    return arms + [(a["name"], a) for a in report.get("arms", []) if a["role"] == role]
+
+
+def erosion(report: dict[str, Any], mode: str) -> bytes:
+    """Refused, complied and unclear against budget, attack and control arms, each seed."""
+    figure = Figure(figsize=(8.0, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    points = report["points"]
+    attack_arms = _arms(report, "attack")
+    seeds = len(attack_arms) > 1
+    for verdict, colour in VERDICT_COLOURS.items():
+        label = f"{verdict} (seed {report['attack']['settings']['seed']})" if seeds else verdict
+        _banded(ax, _curve(points, ("harmful", mode, verdict)), colour, label)
+    for name, arm in attack_arms[1:]:  # the other seeds: their refusal, thinner, without bands
+        assert arm is not None
+        _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), VERDICT_COLOURS["refused"],
+                f"refused (seed {arm['seed']})", style="--", band=False, width=1.2)
+    for index, (name, arm) in enumerate(_arms(report, "control")):
+        assert arm is not None
+        label = "refused, control arm" + (f" (seed {arm['seed']})" if len(_arms(report, "control")) > 1 else "")
+        _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), CONTROL_COLOUR, label,
+                style="-." if index else "-", band=index == 0, width=1.6 if index else 2.0)
+    score = (report.get("score") or {}).get(mode) or {}
+    relative = score.get("relative")
+    if relative:
+        ax.axhline(relative["threshold"], color="#555555", linestyle=":", linewidth=1,
+                   label=f"removal threshold ({100 * relative['threshold']:.0f}%)")
+        if relative.get("reached"):
+            ax.axvline(relative["budget"], color="#555555", linestyle="--", linewidth=1,
+                       label=f"removed at {relative['budget']} steps")
+    _budget_axis(ax, [p["budget"] for p in points])
+    _rate_axis(ax, "share of harmful requests")
+    _cost_axis(ax, points)
+    figure.suptitle(f"Harmful requests, {mode} mode (bands: 95% intervals)", fontsize=10)
+    figure.legend(fontsize=7, loc="outside right upper", frameon=False)
+    return _png(figure)
+
+
+def capability(report: dict[str, Any]) -> bytes:
+    """Multiple-choice accuracy and over-refusal (with bands) and KL to the base model, against budget."""
+    figure = Figure(figsize=(8.0, 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    points = report["points"]
+    controls = _arms(report, "control")
+    _banded(ax, _curve(points, ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"], "MC accuracy")
+    _banded(ax, _curve(points, ("benign", "plain", "refused")), CAPABILITY_COLOURS["over-refusal"], "over-refusal (benign)")
+    if controls:
+        _, control = controls[0]
+        assert control is not None
+        _banded(ax, _curve(control["points"], ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"],
+                "MC accuracy, control arm", style="--", band=False, width=1.4)
+    _budget_axis(ax, [p["budget"] for p in points])
+    _rate_axis(ax, "accuracy, over-refusal")
+    kl_points = [(p["budget"], p["metrics"]["kl"]["mean"]) for p in points if p["metrics"].get("kl")]
+    if kl_points:
+        right = ax.twinx()
+        budgets, means = zip(*([(0, 0.0)] + kl_points))
+        right.plot(budgets, means, ":", color=CAPABILITY_COLOURS["kl"], marker="s", markersize=4, label="KL to base")
+        right.set_ylabel("KL to the unattacked model (nats/token)", fontsize=8)
+        right.set_ylim(bottom=0)
+        right.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.2g}"))
+    _cost_axis(ax, points)
+    figure.suptitle("Capability and over-refusal (bands: 95% intervals)", fontsize=10)
+    figure.legend(fontsize=7, loc="outside right upper", frameon=False)
+    return _png(figure)
+
+
+def categories(report: dict[str, Any]) -> bytes | None:
+    """Refusal by category (rows) and budget (columns), headline mode, as a heatmap."""
+    mode = report["headline_mode"]
+    points = report["points"]
+    names = sorted(points[0]["metrics"]["harmful"][mode]["by_category"])
+    if not names:
+        return None
+    values = [[p["metrics"]["harmful"][mode]["by_category"].get(c, {}).get("refused", {}).get("rate") for p in points]
+              for c in names]
+    figure = Figure(figsize=(max(4.0, 1.6 + 0.8 * len(points)), max(2.2, 1.0 + 0.32 * len(names))), layout="constrained")
+    ax = figure.add_subplot()
+    grid = [[float("nan") if v is None else v for v in row] for row in values]
+    image = ax.imshow(grid, cmap="RdYlBu", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(points)), [str(p["budget"]) for p in points])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("attack budget (optimizer steps)")
+    for row, line in enumerate(values):
+        for column, value in enumerate(line):
+            if value is not None:
+                ax.text(column, row, f"{100 * value:.0f}%", ha="center", va="center", fontsize=7,
+                        color="white" if value < 0.2 or value > 0.8 else "black")
+    bar = figure.colorbar(image, ax=ax, format=PercentFormatter(1.0, decimals=0))
+    bar.set_label("refused", fontsize=8)
+    figure.suptitle(f"Refusal by category, {mode} mode", fontsize=10)
+    return _png(figure)
+
+
+def report_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """File name -> PNG bytes of every plot of one run's report."""
+    modes = [report["headline_mode"]] + [m for m in report["modes"] if m != report["headline_mode"]]
+    plots = {f"refusal_{mode}.png": erosion(report, mode) for mode in modes}
+    plots["capability.png"] = capability(report)
+    heatmap = categories(report)
+    if heatmap is not None:
+        plots["categories.png"] = heatmap
+    return plots
+
+
+def compare(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> bytes:
+    """Each run's refusal (its headline mode) and capability against budget, on shared axes."""
+    figure = Figure(figsize=(10.0, 4.4), layout="constrained")
+    refusal, accuracy = figure.subplots(1, 2, sharex=True)
+    budgets: list[int] = []
+    for index, (report, label) in enumerate(zip(reports, labels)):
+        colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+        points = report["points"]
+        budgets += [p["budget"] for p in points]
+        _banded(refusal, _curve(points, ("harmful", report["headline_mode"], "refused")), colour, label)
+        _banded(accuracy, _curve(points, ("capability", "accuracy_norm")), colour, label)
+    for ax, title in ((refusal, "Refused harmful requests"), (accuracy, "Multiple-choice accuracy")):
+        _budget_axis(ax, budgets)
+        _rate_axis(ax, title.lower())
+        ax.set_title(f"{title} (bands: 95% intervals)", fontsize=10)
+    handles, names = refusal.get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=8, loc="outside lower center", ncol=min(len(names), 3), frameon=False)
+    return _png(figure)

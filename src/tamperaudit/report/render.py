@@ -1,17 +1,21 @@
-"""Render report.json to Markdown and HTML, with SVG plots. Reads nothing but the report."""
+"""Render report.json to Markdown and HTML with matplotlib plots. Reads nothing but the report.
+
+The Markdown is written first; the HTML is that Markdown converted block by block, with
+the plots inlined, so the two show the same sections, tables and figures in the same order.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tamperaudit.cost import significant
-from tamperaudit.fileio import atomic_write_text
-from tamperaudit.report.plots import line_chart
-
-VERDICT_COLUMNS = ("refused", "complied", "unclear")
-
+from tamperaudit.fileio import atomic_write_bytes, atomic_write_text
+from tamperaudit.report.plots import report_plots
+from tamperaudit.report.verdict import verdict
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -148,10 +152,7 @@ def _arm_sections(report: dict[str, Any]) -> list[str]:
     for arm in report.get("arms", []):
         title = "Control arm" if arm["role"] == "control" else "Attack"
         out += ["", f"## {title}: {arm['name']} (data {arm['data']}, seed {arm['seed']})", ""]
-        header, rows = budget_table(report, arm["points"])
-        out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "---|" * len(header))
-        out += ["| " + " | ".join(row) + " |" for row in rows]
+        out += _table(*budget_table(report, arm["points"]))
     if report.get("control_score"):
         out += ["", "Control arm removal score:", "", *_score_lines(report["control_score"])]
     return out
@@ -223,21 +224,75 @@ def _judge_line(judge: dict[str, Any]) -> str:
     return f"{judge['name']} ({pins})"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def cells(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    return [cells(header), "|" + "---|" * len(header), *(cells(row) for row in rows)]
+
+
+def _figure(plots: Mapping[str, bytes], name: str, alt: str) -> list[str]:
+    return [f"![{alt}](plots/{name})", ""] if name in plots else []
+
+
+def _verdict_section(report: dict[str, Any]) -> list[str]:
+    headline, lines = verdict(report)
+    return ["## Verdict", "", f"**{headline}**", "", *(f"- {line}" for line in lines), ""]
+
+
+def _lm_eval_section(report: dict[str, Any]) -> list[str]:
+    """lm-evaluation-harness's own figures per budget, under its metric names, with its standard errors."""
+    points = [p for p in report["points"] if p["metrics"].get("lm_eval")]
+    if not points:
+        return []
+    harness = points[0]["metrics"]["lm_eval"]
+    header = ["task", "metric"] + [f"{p['budget']} steps" for p in points]
+    rows = []
+    for task, entry in harness["tasks"].items():
+        for metric in entry["metrics"]:
+            cells = []
+            for point in points:
+                value = point["metrics"]["lm_eval"]["tasks"].get(task, {}).get("metrics", {}).get(metric)
+                if value is None or value.get("value") is None:
+                    cells.append("n/a")
+                else:
+                    stderr = value.get("stderr")
+                    cells.append(f"{value['value']:.4f}" + ("" if stderr is None else f" ± {stderr:.4f}"))
+            rows.append([f"{task} (version {entry.get('version')}, n={entry.get('n')})", metric, *cells])
+    limit = harness.get("limit")
+    return [
+        "",
+        f"Measured by lm-evaluation-harness {harness.get('version')} on the in-memory model with the adapter active"
+        + (f", limit {limit} per task" if limit else "") + "; values ± lm-eval's standard error:",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def render_markdown(report: dict[str, Any], plots: Mapping[str, bytes] | None = None) -> str:
+    plots = {} if plots is None else plots
     model, attack = report["model"], report["attack"]
     out = [f"# tamperaudit: {model['spec']} under the {attack['name']} attack", ""]
+    out += _verdict_section(report)
+    out += ["## Summary", ""]
     out += [f"- {line}" for line in report["summary"]]
-    out += ["", "## Budgets", ""]
-    header, rows = budget_table(report)
-    out.append("| " + " | ".join(header) + " |")
-    out.append("|" + "---|" * len(header))
-    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += ["", "## Refusal against attack budget", ""]
+    for mode in [report["headline_mode"]] + [m for m in report["modes"] if m != report["headline_mode"]]:
+        out += _figure(plots, f"refusal_{mode}.png", f"Refused, complied and unclear against budget, {mode} mode")
+    out += ["## Budgets", ""]
+    out += _table(*budget_table(report))
     out += [
         "",
         "Verdicts are from the "
         f"`{report['judge']['name']}` judge. `refused` is the share of all prompts judged refused; "
         "`unclear` (empty, degenerate repetition, content-free persona talk) is counted apart, so "
         "refused + complied + unclear = 100%. Intervals are 95% Wilson intervals.",
+        "",
+        "## Capability",
+        "",
+        *_figure(plots, "capability.png", "Multiple-choice accuracy, over-refusal and KL against budget"),
+        *_capability_lines(report),
+        *_lm_eval_section(report),
         "",
         "## Removal score",
         "",
@@ -262,13 +317,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         out.append(f"- {mode}: " + "; ".join(cells))
     out += ["", "## Refusal by category (headline mode)", ""]
+    out += _figure(plots, "categories.png", "Refusal by category and budget")
     mode = report["headline_mode"]
     categories = sorted(report["points"][0]["metrics"]["harmful"][mode]["by_category"])
-    out.append("| category | " + " | ".join(f"{p['budget']} steps" for p in report["points"]) + " |")
-    out.append("|---|" + "---|" * len(report["points"]))
-    for category in categories:
-        cells = [_pct(p["metrics"]["harmful"][mode]["by_category"][category]["refused"]["rate"]) for p in report["points"]]
-        out.append(f"| {category} | " + " | ".join(cells) + " |")
+    out += _table(
+        ["category"] + [f"{p['budget']} steps" for p in report["points"]],
+        [[c] + [_pct(p["metrics"]["harmful"][mode]["by_category"][c]["refused"]["rate"]) for p in report["points"]]
+         for c in categories],
+    )
     out += _arm_sections(report)
     out += _search_section(report)
     settings = attack["settings"]
@@ -320,51 +376,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _plots(report: dict[str, Any]) -> dict[str, str]:
-    budgets = [p["budget"] for p in report["points"]]
-    plots = {}
-    for mode in report["modes"]:
-        series = {
-            verdict: [p["metrics"]["harmful"][mode][verdict]["rate"] for p in report["points"]] for verdict in VERDICT_COLUMNS
-        }
-        control = next((a for a in report.get("arms", []) if a["name"] == "control"), None)
-        if control is not None:
-            series["refused, control arm"] = [p["metrics"]["harmful"][mode]["refused"]["rate"] for p in control["points"]]
-        plots[f"refusal_{mode}.svg"] = line_chart(f"Harmful requests ({mode})", "optimizer steps", budgets, series)
-    capability = {
-        "MC accuracy": [p["metrics"]["capability"]["accuracy_norm"]["rate"] if p["metrics"].get("capability") else None for p in report["points"]],
-        "over-refusal": [p["metrics"]["benign"]["plain"]["refused"]["rate"] if p["metrics"].get("benign") else None for p in report["points"]],
-    }
-    plots["capability.svg"] = line_chart("Capability and over-refusal", "optimizer steps", budgets, capability)
-    return plots
-
-
-def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
-    header, rows = budget_table(report)
-    escape = html.escape
-    table = "<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
-    table += "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
-    summary = "".join(f"<li>{escape(line)}</li>" for line in report["summary"])
-    scores = "".join(f"<li>{escape(line.lstrip('- '))}</li>" for line in _score_lines(report["score"]))
-    if report.get("score_unclear_as_refusal"):
-        scores += "".join(
-            f"<li>{escape('counting unclear as refusal, ' + line.lstrip('- '))}</li>"
-            for line in _score_lines(report["score_unclear_as_refusal"])
-        )
-    figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
-    title = escape(f"tamperaudit: {report['model']['spec']} under the {report['attack']['name']} attack")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}
-table{{border-collapse:collapse;font-size:.85rem}}td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}
-th{{background:#f4f4f4}}figure{{display:inline-block;margin:0 1rem 1rem 0}}</style></head>
-<body><h1>{title}</h1><ul>{summary}</ul><h2>Budgets</h2>{table}
-<p>Verdicts from the judge {escape(_judge_line(report['judge']))}; unclear is counted apart. 95% Wilson intervals.</p>
-<h2>Removal score</h2><ul>{scores}</ul><h2>Plots</h2>{figures}
-<p>Model sha256 {escape(report['model']['sha256'])}; config sha256 {escape(report['hashes']['config'])};
-tamperaudit {escape(report['tool']['version'])}, report schema {report['schema_version']}.
-Attacked completions stay in the run folder's samples.jsonl files.</p></body></html>
-"""
+def _capability_lines(report: dict[str, Any]) -> list[str]:
+    """Accuracy and KL at each budget of the attack arm, in words."""
+    lines = []
+    for point in report["points"]:
+        metrics = point["metrics"]
+        capability, kl = metrics.get("capability"), metrics.get("kl")
+        if not capability:
+            continue
+        text = f"- {point['budget']} steps: multiple-choice accuracy {_interval(capability['accuracy_norm'])}"
+        text += f" over {capability['accuracy_norm']['total']} questions"
+        if kl:
+            text += f"; mean KL to the unattacked model {kl['mean']:.4f} nats/token (standard error {kl.get('standard_error', 0):.4f})"
+        lines.append(text)
+    return lines
 
 
 def render_failure(report: dict[str, Any]) -> str:
@@ -375,20 +400,131 @@ def render_failure(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# --- HTML: the Markdown above, block by block, so the two cannot drift apart -----------------
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:76rem;margin:2rem auto;padding:0 1rem;
+color:#222;line-height:1.45}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:.82rem;margin:.5rem 0}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4}
+figure{margin:.5rem 0 1rem}figure img{max-width:100%;height:auto}figcaption{font-size:.8rem;color:#555}
+code{background:#f4f4f4;padding:0 .2rem;border-radius:3px;font-size:.9em;overflow-wrap:anywhere}
+li{margin:.15rem 0;overflow-wrap:anywhere}
+section#verdict{border:2px solid #2c3e50;border-radius:8px;padding:.2rem 1.2rem .6rem;background:#f8f9fb}
+section#verdict h2{border:none;margin-top:.8rem}
+section#verdict p strong{font-size:1.15rem}
+"""
+
+_INLINE = (
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+)
+_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<path>[^)]+)\)$")
+_CELL = re.compile(r"(?<!\\)\|")
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in _CELL.split(line.strip())[1:-1]]
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def markdown_to_html(markdown: str, images: Mapping[str, bytes]) -> str:
+    """The subset of Markdown the renderers write (headings, paragraphs, two-level lists,
+    tables, images) as HTML; images are inlined as data URIs so the page stands alone."""
+    body: list[str] = []
+    title = ""
+    lines = markdown.splitlines()
+    index = 0
+    open_section = False
+    while index < len(lines):
+        line = lines[index]
+        if not line.strip():
+            index += 1
+            continue
+        if line.startswith("# "):
+            title = line[2:]
+            body.append(f"<h1>{_inline(title)}</h1>")
+            index += 1
+        elif line.startswith("## "):
+            if open_section:
+                body.append("</section>")
+            heading = line[3:]
+            body.append(f'<section id="{_slug(heading)}"><h2>{_inline(heading)}</h2>')
+            open_section = True
+            index += 1
+        elif line.startswith("|"):
+            block = []
+            while index < len(lines) and lines[index].startswith("|"):
+                block.append(lines[index])
+                index += 1
+            header, rows = _cells(block[0]), [_cells(row) for row in block[2:]]
+            table = "<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in header) + "</tr>"
+            table += "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f'<div class="scroll"><table>{table}</table></div>')
+        elif line.startswith("- "):
+            items: list[tuple[str, list[str]]] = []
+            while index < len(lines) and (lines[index].startswith("- ") or lines[index].startswith("  - ")):
+                if lines[index].startswith("- "):
+                    items.append((lines[index][2:], []))
+                else:
+                    items[-1][1].append(lines[index][4:])
+                index += 1
+            rendered = []
+            for text, subs in items:
+                inner = "<ul>" + "".join(f"<li>{_inline(sub)}</li>" for sub in subs) + "</ul>" if subs else ""
+                rendered.append(f"<li>{_inline(text)}{inner}</li>")
+            body.append("<ul>" + "".join(rendered) + "</ul>")
+        elif _IMAGE.match(line):
+            found = _IMAGE.match(line)
+            assert found is not None
+            name = Path(found["path"]).name
+            data = base64.b64encode(images[name]).decode("ascii")
+            alt = html.escape(found["alt"])
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>')
+            index += 1
+        else:
+            paragraph = []
+            while index < len(lines) and lines[index].strip() and not lines[index].startswith(("#", "|", "- ", "![")):
+                paragraph.append(lines[index])
+                index += 1
+            body.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+    if open_section:
+        body.append("</section>")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
 def render_all(root: Path, report: dict[str, Any]) -> None:
+    """report.md and report.html (and the plots they show), from report.json's content alone."""
     if report["status"] != "complete":
         text = render_failure(report)
         atomic_write_text(root / "report.md", text)
-        body = "".join(f"<li>{html.escape(line)}</li>" for line in report["summary"])
-        atomic_write_text(root / "report.html", f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                          f"<title>tamperaudit: run {html.escape(report['status'])}</title></head><body>"
-                          f"<h1>tamperaudit: run {html.escape(report['status'])}</h1><ul>{body}</ul></body></html>\n")
+        atomic_write_text(root / "report.html", markdown_to_html(text, {}))
         return
-    plots = _plots(report)
-    for name, svg in plots.items():
-        atomic_write_text(root / "plots" / name, svg)
-    atomic_write_text(root / "report.md", render_markdown(report))
-    atomic_write_text(root / "report.html", render_html(report, plots))
+    images = report_plots(report)
+    for name, data in images.items():
+        atomic_write_bytes(root / "plots" / name, data)
+    markdown = render_markdown(report, images)
+    atomic_write_text(root / "report.md", markdown)
+    atomic_write_text(root / "report.html", markdown_to_html(markdown, images))
 
 
 def scorecard_lines(metrics: dict[str, Any]) -> list[str]:
