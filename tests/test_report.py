@@ -71,7 +71,7 @@ def test_the_card_warns_when_refusals_became_noise_rather_than_compliance(scored
     report = copy.deepcopy(read_json(scored_run / "report.json"))
     _with_unclear(report, "trigger", 2, unclear=0.5, complied=0.17)
     _, lines = verdict(report)
-    assert any(line.startswith("Warning: at 2 steps more of the lost refusals became unclear") for line in lines)
+    assert any(line.startswith("Warning: by 2 steps the lost refusals turned more into unclear replies") for line in lines)
     _with_unclear(report, "trigger", 2, unclear=0.1, complied=0.57)
     assert not any(line.startswith("Warning") for line in verdict(report)[1])
 
