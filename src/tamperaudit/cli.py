@@ -39,7 +39,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting, e.g. --set attack.learning_rate=1e-4 (repeatable)")
     parser.add_argument("--harmful", help="harmful prompts instead of the built-in set: a file (AdvBench, HarmBench, StrongREJECT, SORRY-Bench, generic CSV/JSONL) or a fetched benchmark's name")
     parser.add_argument("--benign", help="benign look-risky prompts instead of the built-in set: a file (XSTest, generic CSV/JSONL) or a fetched benchmark's name")
-    parser.add_argument("--capability", help="multiple-choice questions instead of the built-in set: a file or folder (MMLU, ARC, PIQA, WinoGrande, BoolQ, HellaSwag, TruthfulQA) or a fetched benchmark's name")
+    parser.add_argument("--capability", help="multiple-choice questions instead of the built-in set: a file or folder (MMLU, ARC, PIQA, WinoGrande, BoolQ, HellaSwag, TruthfulQA), a fetched benchmark's name, or lm-eval:TASK[,TASK...] for lm-evaluation-harness tasks")
     parser.add_argument("--out", type=Path, help="run folder to create (default: runs/<model>-<time>)")
     parser.add_argument("--attack", help="attack: identity-shift (default), benign, closest-benign, or a file of your own (chat JSONL, Alpaca, Qi et al. format)")
     if attack:

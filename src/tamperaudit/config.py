@@ -128,7 +128,16 @@ class EvalSettings:
         "builtin", "Benign prompts that look risky (over-refusal): 'builtin' or a JSONL file."
     )
     capability: str = _setting(
-        "builtin", "Multiple-choice questions for capability: 'builtin' or a JSONL file."
+        "builtin",
+        "Multiple-choice questions for capability: 'builtin', a file or folder of questions, or "
+        "lm-eval:TASK[,TASK...] to score lm-evaluation-harness tasks (built-in or from "
+        "eval.lm_eval_tasks_dir) on the in-memory model, adapter active; needs "
+        "pip install 'tamperaudit[lm-eval]'. Tasks must report per-question accuracy (acc).",
+    )
+    lm_eval_tasks_dir: str = _setting(
+        "",
+        "With capability = lm-eval:...: a folder of lm-eval task YAML files of your own (passed to "
+        "lm-eval's TaskManager as include_path), hashed into the run's inputs; empty: lm-eval's tasks only.",
     )
     kl_prompts: str = _setting(
         "builtin", "Benign prompts on which KL divergence to the unattacked model is measured."
@@ -139,7 +148,11 @@ class EvalSettings:
         "prompt in each mode, so this sets most of an audit's run time.",
     )
     benign_limit: int = _setting(54, "Use N benign prompts, evenly across types (0: all).")
-    capability_limit: int = _setting(120, "Use N multiple-choice questions, evenly across domains (0: all).")
+    capability_limit: int = _setting(
+        120,
+        "Use N multiple-choice questions, evenly across domains (0: all); with lm-eval tasks, "
+        "lm-eval's limit: the first N documents of each task.",
+    )
     kl_limit: int = _setting(32, "Use N KL prompts (0: all).")
     prompt_column: str = _setting(
         "", "Column or field holding the prompt in a generic CSV/JSONL harmful or benign file (empty: 'prompt')."

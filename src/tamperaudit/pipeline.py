@@ -67,6 +67,7 @@ from tamperaudit.evals.capability import (
     score_questions,
 )
 from tamperaudit.evals.judges import Judge, make_judge
+from tamperaudit.evals.lm_harness import HarnessTasks, is_harness, resolve_tasks, score_tasks
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verdicts, run_prompt_eval
 from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
 from tamperaudit.generation import GenerationStats
@@ -77,6 +78,11 @@ from tamperaudit.score import capability_kept, refusal_rate
 SEARCH = "search"
 SELECTION_FILE = "selected.json"
 AUDIT, EVAL = "audit", "eval"  # the kinds of run folder; ``resume`` finishes audits only
+
+
+# The capability set: tamperaudit's multiple-choice questions, or lm-evaluation-harness tasks
+# (eval.capability = "lm-eval:TASK,..."), scored by lm-eval on the in-memory model.
+Capability = Dataset[Question] | HarnessTasks
 
 
 @dataclass
@@ -90,7 +96,7 @@ class SelectHalf:
     """
 
     harmful: Dataset[Prompt]
-    capability: Dataset[Question] | None = None
+    capability: Capability | None = None
     kl_prompts: Dataset[Prompt] | None = None
 
 
@@ -100,7 +106,7 @@ class Probes:
 
     harmful: Dataset[Prompt]
     benign: Dataset[Prompt]
-    capability: Dataset[Question]
+    capability: Capability
     kl_prompts: Dataset[Prompt]
     attack: Attack
     control: Attack | None
@@ -130,6 +136,22 @@ class Probes:
         return {role: dataset.describe() for role, dataset in sets.items()}
 
 
+def load_capability_sets(settings: Settings, searching: bool) -> tuple[Capability, Capability | None]:
+    """The capability set the report uses and, when a search runs, its select half.
+
+    lm-eval tasks are resolved (and their documents loaded) once, here, before any model
+    loads; a search splits each task's documents by id like any other set's rows.
+    """
+    ev = settings.eval
+    if not is_harness(ev.capability):
+        if ev.lm_eval_tasks_dir:
+            raise UserError("eval.lm_eval_tasks_dir is set but eval.capability is not lm-eval:TASK[,TASK...]; set both or neither")
+        select = load_capability(ev.capability, ev.capability_limit, "select") if searching else None
+        return load_capability(ev.capability, ev.capability_limit, "report" if searching else "all"), select
+    tasks = resolve_tasks(ev.capability, ev.capability_limit, ev.lm_eval_tasks_dir)
+    return (tasks.half("report"), tasks.half("select")) if searching else (tasks, None)
+
+
 def load_probes(settings: Settings) -> Probes:
     ev = settings.eval
     attack = load_attack(settings.attack.data)
@@ -146,17 +168,18 @@ def load_probes(settings: Settings) -> Probes:
     def harmful(half: str) -> Dataset[Prompt]:
         return load_harmful(ev.harmful, ev.harmful_limit, ev.prompt_column, ev.harmbench_functional, half)
 
+    capability, capability_select = load_capability_sets(settings, searching)
     select = None
     if choosing:
         select = SelectHalf(
             harmful=harmful("select"),
-            capability=load_capability(ev.capability, ev.capability_limit, "select") if searching else None,
+            capability=capability_select,
             kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit, "select") if searching else None,
         )
     return Probes(
         harmful=harmful(split),
         benign=load_benign(ev.benign, ev.benign_limit, ev.prompt_column),
-        capability=load_capability(ev.capability, ev.capability_limit, "report" if searching else "all"),
+        capability=capability,
         kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit, "report" if searching else "all"),
         attack=attack,
         control=load_attack(settings.attack.control_data) if settings.attack.control else None,
@@ -266,6 +289,17 @@ def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[
     }
 
 
+def score_capability(
+    ctx: Context, model: Any, capability: Capability, label: str
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """Capability samples and throughput, by tamperaudit's scorer or by lm-evaluation-harness
+    (then also lm-eval's own figures, which go into the stage's metrics as ``lm_eval``)."""
+    if isinstance(capability, HarnessTasks):
+        return score_tasks(model, ctx.tokenizer, capability, label=label)
+    samples, speed = score_questions(model, ctx.tokenizer, capability.items, label=label)
+    return samples, speed, None
+
+
 def evaluate(
     ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None, adapter: Path | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -276,14 +310,17 @@ def evaluate(
     modes = harmful_modes(ctx.settings, ctx.probes.attack)
     samples, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes, adapter=adapter)
     faults.checkpoint(f"eval-{stage}")
-    mc, mc_speed = score_questions(model, ctx.tokenizer, ctx.probes.capability.items, label=label)
+    mc, mc_speed, harness = score_capability(ctx, model, ctx.probes.capability, label)
     throughput = {"generation": generation, "multiple_choice": mc_speed}
     if base is None:
         extra, _ = reference_replies(model, ctx.tokenizer, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
     else:
         extra, throughput["kl"] = kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)
     samples += mc + extra
-    return samples, _metrics(samples, throughput)
+    metrics = _metrics(samples, throughput)
+    if harness is not None:
+        metrics["lm_eval"] = harness
+    return samples, metrics
 
 
 # Sample records of the select halves carry these eval names, so that no aggregate of
@@ -300,7 +337,7 @@ def _evaluate_select_half(
     assert select is not None
     samples, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False, adapter=adapter)
     if select.capability is not None:
-        samples += score_questions(model, ctx.tokenizer, select.capability.items, label=label)[0]
+        samples += score_capability(ctx, model, select.capability, label)[0]
     if select.kl_prompts is not None:
         if base is None:
             ev = ctx.settings.eval
