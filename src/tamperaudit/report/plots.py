@@ -103,10 +103,9 @@ def _rate_axis(ax: Any, label: str) -> None:
     ax.set_ylabel(label)
 
 
-def _arms(report: dict[str, Any], role: str) -> list[tuple[str, dict[str, Any] | None]]:
-    """(name, arm) of the role's arms; the main attack arm is (\"attack\", None): its points are report['points']."""
-    arms: list[tuple[str, dict[str, Any] | None]] = [("attack", None)] if role == "attack" else []
-    return arms + [(a["name"], a) for a in report.get("arms", []) if a["role"] == role]
+def _arms(report: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    """The report's other arms of that role (the main attack arm's points are report['points'])."""
+    return [a for a in report.get("arms", []) if a["role"] == role]
 
 
 def erosion(report: dict[str, Any], mode: str) -> bytes:
@@ -114,18 +113,15 @@ def erosion(report: dict[str, Any], mode: str) -> bytes:
     figure = Figure(figsize=(8.0, 4.6), layout="constrained")
     ax = figure.add_subplot()
     points = report["points"]
-    attack_arms = _arms(report, "attack")
-    seeds = len(attack_arms) > 1
+    other_seeds, controls = _arms(report, "attack"), _arms(report, "control")
     for verdict, colour in VERDICT_COLOURS.items():
-        label = f"{verdict} (seed {report['attack']['settings']['seed']})" if seeds else verdict
+        label = f"{verdict} (seed {report['attack']['settings']['seed']})" if other_seeds else verdict
         _banded(ax, _curve(points, ("harmful", mode, verdict)), colour, label)
-    for name, arm in attack_arms[1:]:  # the other seeds: their refusal, thinner, without bands
-        assert arm is not None
+    for arm in other_seeds:  # their refusal, thinner, without bands
         _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), VERDICT_COLOURS["refused"],
                 f"refused (seed {arm['seed']})", style="--", band=False, width=1.2)
-    for index, (name, arm) in enumerate(_arms(report, "control")):
-        assert arm is not None
-        label = "refused, control arm" + (f" (seed {arm['seed']})" if len(_arms(report, "control")) > 1 else "")
+    for index, arm in enumerate(controls):
+        label = "refused, control arm" + (f" (seed {arm['seed']})" if len(controls) > 1 else "")
         _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), CONTROL_COLOUR, label,
                 style="-." if index else "-", band=index == 0, width=1.6 if index else 2.0)
     score = (report.get("score") or {}).get(mode) or {}
@@ -153,9 +149,7 @@ def capability(report: dict[str, Any]) -> bytes:
     _banded(ax, _curve(points, ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"], "MC accuracy")
     _banded(ax, _curve(points, ("benign", "plain", "refused")), CAPABILITY_COLOURS["over-refusal"], "over-refusal (benign)")
     if controls:
-        _, control = controls[0]
-        assert control is not None
-        _banded(ax, _curve(control["points"], ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"],
+        _banded(ax, _curve(controls[0]["points"], ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"],
                 "MC accuracy, control arm", style="--", band=False, width=1.4)
     _budget_axis(ax, [p["budget"] for p in points])
     _rate_axis(ax, "accuracy, over-refusal")

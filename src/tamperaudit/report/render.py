@@ -17,6 +17,7 @@ from tamperaudit.fileio import atomic_write_bytes, atomic_write_text
 from tamperaudit.report.plots import report_plots
 from tamperaudit.report.verdict import verdict
 
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 

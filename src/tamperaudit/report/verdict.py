@@ -13,14 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from tamperaudit.cost import significant
+from tamperaudit.report.build import _pct, describe_bounds
 from tamperaudit.score import LOW_BASELINE, REMOVED_BY_PROMPT, SCORED, describe_fraction
 
 # Fewer harmful prompts than this, and the card says the intervals are wide.
 FEW_PROMPTS = 50
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 def _interval(share: dict[str, Any]) -> str:
@@ -92,13 +89,8 @@ def _how_sure(report: dict[str, Any], mode: str, score: dict[str, Any]) -> str:
     if interval:
         bounds = interval["relative"]
         seeds = interval["seeds"]
-        if bounds["low"] is None:
-            span = f"not reached within {largest} steps"
-        elif bounds["low"] == bounds["high"]:
-            span = f"{bounds['low']} steps at both ends"
-        else:
-            high = f"{bounds['high']}" if bounds["high"] is not None else f"not reached within {largest}"
-            span = f"{bounds['low']} to {high} steps"
+        meet = bounds["low"] is not None and bounds["low"] == bounds["high"]
+        span = f"{bounds['low']} steps at both ends" if meet else describe_bounds(bounds, largest)
         parts.append(
             f"{100 * interval['confidence']:.0f}% bootstrap interval over prompts, questions and "
             f"{seeds} seed{'s' if seeds > 1 else ''}: {span} (reached in {100 * bounds['reached_share']:.0f}% of resamples)"
