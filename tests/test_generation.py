@@ -92,3 +92,24 @@ def test_settled_rows_stop_early_and_the_others_are_unchanged(tiny):
     assert list(stopped[1].tokens) == list(free[1].tokens[:4])
     for index in (0, 2, 3):
         assert not stopped[index].settled and stopped[index].tokens == free[index].tokens
+
+
+def test_the_loaded_models_head_gets_a_contiguous_input(tiny_model_dir):
+    """transformers hands the head a strided slice of the hidden states; with frozen
+    weights on CPU that view made oneDNN ask for a buffer the size of the whole sequence's
+    logits (30 GB on the default model) and left the process on a slow fallback. The
+    loaded model copies the slice first."""
+    from tamperaudit import models
+
+    model = models.load(str(tiny_model_dir), "float32").model
+    for param in model.parameters():
+        param.requires_grad_(False)  # as PEFT leaves the base weights
+    seen = []
+    head = model.get_output_embeddings()
+    head.register_forward_hook(lambda module, args, output: seen.append((args[0].shape[1], args[0].is_contiguous())))
+    decoder_out = []
+    model.get_decoder().register_forward_hook(lambda module, args, output: decoder_out.append(output.last_hidden_state))
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[5, 6, 7, 8, 9]] * 3), logits_to_keep=1)
+    assert not decoder_out[0][:, -1:, :].is_contiguous()  # what transformers slices: a strided view
+    assert seen == [(1, True)]

@@ -594,6 +594,29 @@ def _one_code_path_for_4bit(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _contiguous_head_input(model: Any) -> None:
+    """Give the vocabulary head a contiguous input.
+
+    transformers applies the head to ``hidden[:, -k:, :]`` (``logits_to_keep``), a strided
+    view. On CPU, a frozen weight (every base weight once PEFT wraps the model) sends that
+    view to oneDNN's matmul, which sizes its buffer from the whole hidden tensor: for the
+    default model's first decode step of 110 prompts it asked for 30 GB, failed, and
+    PyTorch then ran every later bfloat16 matmul of the process, training included, on its
+    slow fallback (25-60x slower, measured). A copy of the kept rows costs nothing beside
+    the head itself.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        return
+
+    def contiguous(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            return (args[0].contiguous(), *args[1:])
+        return None
+
+    head.register_forward_pre_hook(contiguous)
+
+
 def _placement(device: torch.device, device_map: str, quantized: bool) -> dict[str, Any]:
     """from_pretrained arguments that place the weights: spread by accelerate, or on one device."""
     if device_map:
@@ -650,6 +673,7 @@ def load(
         _one_code_path_for_4bit(model)
     if not placement:
         model.to(device)
+    _contiguous_head_input(model)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     params = sum(parameter_count(p) for p in model.parameters())  # shared (tied) weights counted once
