@@ -140,7 +140,8 @@ FLAG_TO_SETTING = {
 }
 
 
-# What --quick changes: about 5 minutes on 2 CPU cores instead of about 24, with wider intervals.
+# What --quick changes: a third of the prompts, budgets 0 and 5, no control arm; wider intervals
+# (the README's Speed section gives measured times).
 QUICK = {
     "eval": {"harmful_limit": 33, "benign_limit": 18, "capability_limit": 40, "kl_limit": 12},
     "attack": {"budgets": [0, 5], "control": False},
