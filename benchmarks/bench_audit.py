@@ -26,7 +26,7 @@ completions; the target applies to the second, since a revision of the judge
 between the commits changes verdicts on identical text and is not speed work.
 
     python benchmarks/bench_audit.py [--full] [--quick] [--json out.json]
-    python benchmarks/bench_audit.py --against f1dc738 [--only-quick] [--json out.json]
+    python benchmarks/bench_audit.py --against f1dc738 [--audits default,quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -153,11 +153,12 @@ def compare(old_root: Path, new_root: Path) -> dict:
     return {"stages": stages, "missing_stages": sorted(set(new) - set(old)), "scores": {"old": old_scores, "new": new_scores}}
 
 
-def against(commit: str, model: str, pinned: list[str], only_quick: bool) -> dict:
+AUDITS = {"default": [], "quick": ["--quick"]}
+
+
+def against(commit: str, model: str, pinned: list[str], which: list[str]) -> dict:
     """Old and new audits from one run, their times and memory, and how their results agree."""
-    audits = {"--quick audit": ["--model", model, "--quick", *pinned]}
-    if not only_quick:
-        audits = {"default audit": ["--model", model, *pinned], **audits}
+    audits = {f"{name} audit": ["--model", model, *AUDITS[name], *pinned] for name in which}
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         tree = Path(folder) / "old"
@@ -169,7 +170,7 @@ def against(commit: str, model: str, pinned: list[str], only_quick: bool) -> dic
             sides = ("old", "new") if index % 2 == 0 else ("new", "old")
             order += [(name, side) for side in sides]
         for name, side in order:
-            out = Path(folder) / f"{side}-{name.split()[0].strip('-')}"
+            out = Path(folder) / f"{side}-{name.split()[0]}"
             print(f"running {name} on the {side} side ({commit if side == 'old' else 'this checkout'})", file=sys.stderr, flush=True)
             results.setdefault(name, {})[side] = run(audits[name], source=tree / "src" if side == "old" else SOURCE, out=out)
             results[name][side]["folder"] = out
@@ -233,7 +234,10 @@ def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also time the default audit and --quick (tens of minutes)")
     parser.add_argument("--against", metavar="COMMIT", help="compare the default audit and --quick with this commit's, in one run")
-    parser.add_argument("--only-quick", action="store_true", help="with --against: compare --quick only")
+    parser.add_argument(
+        "--audits", default="default,quick", type=lambda text: text.split(","),
+        help="with --against: which audits to compare (default: default,quick)",
+    )
     parser.add_argument(
         "--audit-set", action="append", default=[], metavar="KEY=VALUE",
         help="with --against: a setting for every audit on both sides (after the pinned precision, so it can override it)",
@@ -252,7 +256,9 @@ def main() -> None:
     if args.against:
         peaks = {dtype: [matmul_peak_gflops(getattr(torch, dtype))] for dtype in ("float32", "bfloat16")}
         extra = [part for value in args.audit_set for part in ("--set", value)]
-        results = against(args.against, args.model, [*pinned, *extra], args.only_quick)
+        if unknown := set(args.audits) - set(AUDITS):
+            parser.error(f"--audits: unknown {', '.join(sorted(unknown))} (choose from {', '.join(AUDITS)})")
+        results = against(args.against, args.model, [*pinned, *extra], args.audits)
         for dtype in peaks:
             peaks[dtype].append(matmul_peak_gflops(getattr(torch, dtype)))
         print(f"\n== this checkout against {args.against} (each audit in its own process, same machine, same run)")
