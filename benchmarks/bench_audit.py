@@ -243,6 +243,8 @@ def main() -> None:
         help="with --against: a setting for every audit on both sides (after the pinned precision, so it can override it)",
     )
     args = parser.parse_args()
+    if unknown := set(args.audits) - set(AUDITS):
+        parser.error(f"--audits: unknown {', '.join(sorted(unknown))} (choose from {', '.join(AUDITS)})")
     read_weights(args.model)
     # One precision for every audit: 'auto' measures at each start, and a child that chose
     # differently would not be comparable with the others.
@@ -256,8 +258,6 @@ def main() -> None:
     if args.against:
         peaks = {dtype: [matmul_peak_gflops(getattr(torch, dtype))] for dtype in ("float32", "bfloat16")}
         extra = [part for value in args.audit_set for part in ("--set", value)]
-        if unknown := set(args.audits) - set(AUDITS):
-            parser.error(f"--audits: unknown {', '.join(sorted(unknown))} (choose from {', '.join(AUDITS)})")
         results = against(args.against, args.model, [*pinned, *extra], args.audits)
         for dtype in peaks:
             peaks[dtype].append(matmul_peak_gflops(getattr(torch, dtype)))
