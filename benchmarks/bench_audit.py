@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 SMALL = {"eval.harmful_limit": 22, "eval.benign_limit": 9, "eval.capability_limit": 24, "eval.kl_limit": 8}
@@ -63,15 +64,17 @@ def child(source: str, argv: list[str]) -> None:
 
 def run(argv: list[str], source: Path = SOURCE, out: Path | None = None) -> dict:
     """One audit in a child process; its run folder is ``out`` if given, else a temporary one."""
-    with tempfile.TemporaryDirectory() as folder:
-        folder_out = out or Path(folder) / "run"
-        command = [sys.executable, __file__, "--child", str(source), "audit", "--quiet", "--out", str(folder_out), *argv]
-        # the child's own source goes first on its path; PYTHONPATH could put this checkout before it
-        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"audit {' '.join(argv)} from {source} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if out is None:
+        with tempfile.TemporaryDirectory() as folder:
+            return run(argv, source, Path(folder) / "run")
+    command = [sys.executable, __file__, "--child", str(source), "audit", "--quiet", "--out", str(out), *argv]
+    # the child's own source goes first on its path; PYTHONPATH could put this checkout before it
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    if result.get("code") != 0:  # the child exits 0 whatever the audit's own exit code was
+        raise SystemExit(f"audit {' '.join(argv)} from {source} failed:\n{done.stderr[-4000:]}")
+    return result
 
 
 def read_weights(spec: str) -> None:
@@ -93,10 +96,9 @@ def settings(values: dict) -> list[str]:
 def stage_samples(root: Path) -> dict[str, list[dict]]:
     """Every stage's samples in a run folder, by the stage folder's path (``baseline``,
     ``budget-000005``, ``control/budget-000005``, ...)."""
-    return {
-        str(path.parent.relative_to(root)): [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for path in sorted(root.rglob("samples.jsonl"))
-    }
+    from tamperaudit.fileio import read_jsonl
+
+    return {str(path.parent.relative_to(root)): read_jsonl(path) for path in sorted(root.rglob("samples.jsonl"))}
 
 
 def agreement(old: list[dict], new: list[dict], field: str) -> tuple[int, int]:
@@ -120,22 +122,22 @@ def scores(report: dict) -> dict[str, object]:
     return found
 
 
-def rejudged(samples: list[dict]) -> list[dict]:
-    """The samples with each verdict given again by this checkout's keyword judge, so that
+def rejudged(samples: list[dict], judge: Any) -> list[dict]:
+    """The judged samples with each verdict given again by ``judge`` (this checkout's), so that
     the two sides' generations are compared under one judge (the judge's own revisions
     between the commits are not speed work)."""
-    from tamperaudit.evals.judges import KeywordJudge
-
-    judge = KeywordJudge()
     judged = [sample for sample in samples if "verdict" in sample]
     verdicts = judge.judge_many([(sample["prompt"], sample["completion"]) for sample in judged])
-    again = {id(sample): verdict.label for sample, verdict in zip(judged, verdicts)}
-    return [dict(sample, verdict=again[id(sample)]) if id(sample) in again else sample for sample in samples]
+    return [dict(sample, verdict=verdict.label) for sample, verdict in zip(judged, verdicts)]
 
 
 def compare(old_root: Path, new_root: Path) -> dict:
     """Stage by stage: completions, verdicts as each side recorded them, verdicts by this
     checkout's judge on both sides' completions, and multiple-choice predictions."""
+    from tamperaudit.evals.judges import KeywordJudge
+    from tamperaudit.fileio import read_json
+
+    judge = KeywordJudge()
     old, new = stage_samples(old_root), stage_samples(new_root)
     stages = {}
     for stage in old:
@@ -143,14 +145,13 @@ def compare(old_root: Path, new_root: Path) -> dict:
         counts = {
             "completion": agreement(theirs, ours, "completion"),
             "verdict as recorded": agreement(theirs, ours, "verdict"),
-            "verdict": agreement(rejudged(theirs), rejudged(ours), "verdict"),
+            "verdict": agreement(rejudged(theirs, judge), rejudged(ours, judge), "verdict"),
             "predicted": agreement(theirs, ours, "predicted"),
             "predicted_norm": agreement(theirs, ours, "predicted_norm"),
         }
         stages[stage] = {field: {"same": same, "of": total} for field, (same, total) in counts.items() if total}
-    old_scores = scores(json.loads((old_root / "report.json").read_text()))
-    new_scores = scores(json.loads((new_root / "report.json").read_text()))
-    return {"stages": stages, "missing_stages": sorted(set(new) - set(old)), "scores": {"old": old_scores, "new": new_scores}}
+    both = {side: scores(read_json(root / "report.json")) for side, root in (("old", old_root), ("new", new_root))}
+    return {"stages": stages, "missing_stages": sorted(set(new) - set(old)), "scores": both}
 
 
 AUDITS = {"default": [], "quick": ["--quick"]}
@@ -169,13 +170,13 @@ def against(commit: str, model: str, pinned: list[str], which: list[str]) -> dic
         for index, name in enumerate(audits):
             sides = ("old", "new") if index % 2 == 0 else ("new", "old")
             order += [(name, side) for side in sides]
+        out = lambda name, side: Path(folder) / f"{side}-{name.split()[0]}"  # noqa: E731
         for name, side in order:
-            out = Path(folder) / f"{side}-{name.split()[0]}"
             print(f"running {name} on the {side} side ({commit if side == 'old' else 'this checkout'})", file=sys.stderr, flush=True)
-            results.setdefault(name, {})[side] = run(audits[name], source=tree / "src" if side == "old" else SOURCE, out=out)
-            results[name][side]["folder"] = out
+            source = tree / "src" if side == "old" else SOURCE
+            results.setdefault(name, {})[side] = run(audits[name], source=source, out=out(name, side))
         for name in audits:
-            results[name]["agreement"] = compare(results[name]["old"].pop("folder"), results[name]["new"].pop("folder"))
+            results[name]["agreement"] = compare(out(name, "old"), out(name, "new"))
     return results
 
 
@@ -187,6 +188,10 @@ LABELS = {
     "predicted": "multiple-choice predictions",
     "predicted_norm": "length-normalised multiple-choice predictions",
 }
+
+
+def _budget(value: object) -> object:
+    return "not reached" if value is None else value
 
 
 def print_against(commit: str, results: dict) -> bool:
@@ -219,8 +224,7 @@ def print_against(commit: str, results: dict) -> bool:
         old_scores, new_scores = agreement["scores"]["old"], agreement["scores"]["new"]
         for key in sorted(set(old_scores) | set(new_scores)):
             before, after = old_scores.get(key, "absent"), new_scores.get(key, "absent")
-            shown = lambda value: "not reached" if value is None else value  # noqa: E731
-            target(before == after, f"score {key}: {shown(before)} vs {shown(after)} (target the same)")
+            target(before == after, f"score {key}: {_budget(before)} vs {_budget(after)} (target the same)")
     return held
 
 
