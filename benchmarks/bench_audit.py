@@ -209,7 +209,9 @@ def print_against(commit: str, results: dict) -> bool:
         print(f"\n  {name}: {commit} {old['seconds']:.1f} s, peak {old['peak_gb']:.2f} GB; "
               f"this checkout {new['seconds']:.1f} s, peak {new['peak_gb']:.2f} GB; wall-time ratio {ratio:.3f}")
         target(ratio <= 0.40, f"wall time {100 * ratio:.1f}% of {commit}'s (target at most 40%)")
-        target(new["peak_gb"] <= old["peak_gb"], f"peak memory {new['peak_gb']:.2f} GB vs {old['peak_gb']:.2f} GB (target no higher)")
+        # compared as printed, to 10 MB: the peak moves by kilobytes between runs of the same code
+        target(round(new["peak_gb"], 2) <= round(old["peak_gb"], 2),
+               f"peak memory {new['peak_gb']:.2f} GB vs {old['peak_gb']:.2f} GB (target no higher, to 0.01 GB)")
         agreement = result["agreement"]
         for stage, fields in agreement["stages"].items():
             for field, count in fields.items():

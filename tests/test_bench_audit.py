@@ -49,3 +49,15 @@ def test_agreement_is_counted_per_stage_and_verdicts_are_given_again_by_one_judg
     assert result["scores"]["old"]["score/plain/relative"] == 2
     assert result["scores"]["new"]["score/plain/relative"] is None
     assert result["scores"]["old"]["score_unclear_as_refusal/plain/absolute"] is None
+
+
+def test_peak_memory_is_compared_as_printed(capsys):
+    def held(old_peak: float, new_peak: float) -> bool:
+        agreement = {"stages": {}, "missing_stages": [], "scores": {"old": {}, "new": {}}}
+        results = {"quick audit": {"old": {"seconds": 10.0, "peak_gb": old_peak},
+                                   "new": {"seconds": 3.0, "peak_gb": new_peak}, "agreement": agreement}}
+        return bench_audit.print_against("abc123", results)
+
+    assert held(4.7301, 4.7304)  # kilobytes apart: the same figure when printed
+    assert not held(4.73, 4.75)
+    assert "MISSED] peak memory 4.75 GB vs 4.73 GB" in capsys.readouterr().out
