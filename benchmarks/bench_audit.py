@@ -170,7 +170,10 @@ def against(commit: str, model: str, pinned: list[str], which: list[str]) -> dic
         for index, name in enumerate(audits):
             sides = ("old", "new") if index % 2 == 0 else ("new", "old")
             order += [(name, side) for side in sides]
-        out = lambda name, side: Path(folder) / f"{side}-{name.split()[0]}"  # noqa: E731
+
+        def out(name: str, side: str) -> Path:
+            return Path(folder) / f"{side}-{name.split()[0]}"
+
         for name, side in order:
             print(f"running {name} on the {side} side ({commit if side == 'old' else 'this checkout'})", file=sys.stderr, flush=True)
             source = tree / "src" if side == "old" else SOURCE
