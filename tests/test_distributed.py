@@ -123,9 +123,11 @@ def _close(a, b, tolerance: float = 1e-4) -> bool:
 
 
 def test_two_processes_write_one_run_folder_with_the_same_evaluations(one_process, two_processes):
-    # the unattacked model's evaluation is the same computation: the same file, byte for byte
-    assert (two_processes / "baseline" / "samples.jsonl").read_bytes() == (one_process / "baseline" / "samples.jsonl").read_bytes()
-    for stage in ("budget-000003", "budget-000006"):
+    # The main process evaluates alone, but accelerate launches every process with
+    # OMP_NUM_THREADS=1: a one-process run at another thread count splits its float32 sums
+    # otherwise, which on some CPUs (seen on an AMD EPYC) moves a log-probability in its fifth
+    # decimal. So even the unattacked model's records are compared within rounding.
+    for stage in ("baseline", "budget-000003", "budget-000006"):
         one, two = read_jsonl(one_process / stage / "samples.jsonl"), read_jsonl(two_processes / stage / "samples.jsonl")
         assert [s["id"] for s in two] == [s["id"] for s in one]  # one record per sample, in order
         for a, b in zip(one, two):  # same completions and verdicts; log-probabilities within rounding
