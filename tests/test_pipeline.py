@@ -107,6 +107,36 @@ def test_wall_seconds_are_the_processes_wall_clock_not_a_sum_of_stages(straight_
     assert report["run"]["wall_seconds"] == pytest.approx(sessions[0]["seconds"], abs=2.0)
 
 
+def test_no_training_bar_stays_open_while_a_budget_is_evaluated(tiny_model_dir, tmp_path, monkeypatch):
+    # A training bar left open across the evals showed their minutes as training time.
+    from tamperaudit import progress
+
+    real, events = progress.bar, []
+
+    def recording_bar(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        desc, close = kwargs.get("desc", ""), bar.close
+        events.append(("open", desc))
+
+        def closing():
+            events.append(("close", desc))
+            close()
+
+        bar.close = closing
+        return bar
+
+    monkeypatch.setattr(progress, "bar", recording_bar)
+    assert main(audit_args(tiny_model_dir, tmp_path / "run", "0,1,2")) == 0
+    open_training, stretches = set(), []
+    for event, desc in events:
+        if desc.endswith(" training"):
+            (open_training.add if event == "open" else open_training.discard)(desc)
+            stretches += [desc] if event == "open" else []
+        elif event == "open":
+            assert not open_training, f"{desc!r} began while {sorted(open_training)} was open"
+    assert stretches.count("attack training") == 2  # one bar per stretch: 0 -> 1, then 1 -> 2
+
+
 def test_keep_adapters_keeps_them(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert main(audit_args(tiny_model_dir, out, "0,1") + ["--keep-adapters"]) == 0

@@ -456,15 +456,17 @@ def stage_arm(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, 
         state = attacker.restore(resume_from.folder) if resume_from is not None else TrainState()
         if resume_from is not None:
             progress.note(f"{arm.name}: resuming from the checkpoint at {resume_from.budget} steps")
-        with progress.bar(total=pending[-1], initial=state.steps, desc=f"{arm.name} training", unit="step") as bar:
-            for budget in pending:
-                if state.steps < budget:
+        for budget in pending:
+            if state.steps < budget:
+                # One bar per stretch of training, closed before the budget's evals: one bar
+                # open across them counted their minutes as training time and slowed its rate.
+                with progress.bar(total=budget, initial=state.steps, desc=f"{arm.name} training", unit="step") as bar:
                     attacker.train(examples, state, budget, bar)
-                    attacker.save(ctx.run.folder(arm.stage(budget)), state)
-                    for other in budgets:  # the new checkpoint supersedes every older one
-                        if other != budget:
-                            ctx.run.remove(ctx.run.root / arm.stage(other) / OPTIMIZER_FILE)
-                stage_budget(ctx, settings, attacker, arm, budget, base)
+                attacker.save(ctx.run.folder(arm.stage(budget)), state)
+                for other in budgets:  # the new checkpoint supersedes every older one
+                    if other != budget:
+                        ctx.run.remove(ctx.run.root / arm.stage(other) / OPTIMIZER_FILE)
+            stage_budget(ctx, settings, attacker, arm, budget, base)
     for budget in budgets:  # optimizer state is only needed to resume training
         ctx.run.remove(ctx.run.root / arm.stage(budget) / OPTIMIZER_FILE)
     if ctx.run.stage_state(arm.train_stage) != DONE:
