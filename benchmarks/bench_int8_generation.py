@@ -21,7 +21,7 @@ keyword judge:
 Every path runs once untimed on a few prompts first; the timed runs alternate
 (A B C D, then D C B A with ``--repeats 2``) and each path's figure is its
 fastest run, less the time it spent quantizing (printed apart: an audit
-would quantize once per model). Printed: seconds, generated tokens/s, the wall-time ratio against
+would quantize once per model). Printed: seconds, prompts/s, the speed-up against
 float32, and how many completions and verdicts are identical to float32's
 (the audit's target for a speed lever is at least 98% of verdicts).
 
@@ -45,10 +45,10 @@ from common import alternating, arguments, load, matmul_peak_gflops, report  # n
 
 from tamperaudit import data  # noqa: E402
 from tamperaudit.evals.judges import make_judge  # noqa: E402
-from tamperaudit.evals.refusal import PLAIN, TRIGGER, messages_for, settled_check  # noqa: E402
-from tamperaudit.generation import generate, render_chat  # noqa: E402
+from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, run_prompt_eval  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # name -> (qconfig, head only); float32 is None
+    "float32": None,
     "int8 per-tensor": ("default_dynamic_qconfig", False),
     "int8 per-channel": ("per_channel_dynamic_qconfig", False),
     "int8 head only": ("per_channel_dynamic_qconfig", True),
@@ -110,22 +110,20 @@ def main() -> None:
     harmful = data.load_harmful(limit=args.harmful).items
     benign = data.load_benign(limit=args.benign).items
     judge = make_judge("keyword")
-    evals = [(PLAIN, harmful), (TRIGGER, harmful), (PLAIN, benign)]
+    evals = [("harmful", PLAIN, harmful), ("harmful", TRIGGER, harmful), ("benign", PLAIN, benign)]
 
     def run(limit: int = 0) -> list[tuple[str, str]]:
+        """The audit's own generation evals: (completion, verdict) of every prompt."""
         out = []
-        for mode, items in evals:
-            items = items[:limit] if limit else items
-            prompts = [render_chat(tokenizer, messages_for(p.text, mode, attack)) for p in items]
-            check = settled_check(judge, tokenizer, [p.text for p in items])
-            completions, _ = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, settled=check)
-            verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(items, completions)])
-            out += [(c.text, v.label) for c, v in zip(completions, verdicts)]
+        for name, mode, items in evals:
+            spec = PromptEval(name, mode, items[:limit] if limit else items)
+            samples, _ = run_prompt_eval(model, tokenizer, spec, judge, attack, args.max_new_tokens, args.batch_size)
+            out += [(s["completion"], s["verdict"]) for s in samples]
         return out
 
-    def path(variant: str | None, limit: int = 0):
+    def path(variant: str, limit: int = 0):
         def go():  # (samples, layers swapped, seconds spent quantizing them)
-            if variant is None:
+            if VARIANTS[variant] is None:
                 return run(limit), 0, 0.0
             start = time.perf_counter()
             with int8_linears(model, *VARIANTS[variant]) as swapped:
@@ -133,15 +131,14 @@ def main() -> None:
                 return run(limit), swapped, quantizing
         return go
 
-    names = ["float32", *VARIANTS]
-    for name in names:  # untimed warm-up on two prompts of each eval
-        path(None if name == "float32" else name, limit=2)()
-    runs = alternating({name: path(None if name == "float32" else name) for name in names}, args.repeats)
+    for name in VARIANTS:  # untimed warm-up on two prompts of each eval
+        path(name, limit=2)()
+    runs = alternating({name: path(name) for name in VARIANTS}, args.repeats)
     peaks.append(matmul_peak_gflops())
     reference = runs["float32"][0][0][0]
     total = len(reference)
     rows, agreement = [], {}
-    for name in names:
+    for name in VARIANTS:
         # generation alone: an audit would quantize once per model, not once per eval
         (samples, swapped, _), seconds = runs[name][0][0], min(t - r[2] for r, t in runs[name])
         quantizing = max(r[2] for r, _ in runs[name])
