@@ -112,7 +112,7 @@ def ours_executed(prompts, completions, batch_size):
 
 def gflops(info, executed, seconds):
     body, head = executed
-    return (2.0 * info["body_parameters"] * body + 2.0 * info["head_parameters"] * head) / seconds / 1e9
+    return (2.0 * info.body_parameters * body + 2.0 * info.head_parameters * head) / seconds / 1e9
 
 
 def main() -> None:

@@ -96,7 +96,7 @@ def main() -> None:
     ours = [s["log_probs"] for s in samples]
     largest_gap = max(abs(a - b) for x, y in zip(plain, ours) for a, b in zip(x, y))
     same_choice = sum(s["predicted_norm"] == max(range(len(p)), key=lambda i: p[i] / max(1, len(q.options[i][1]))) for s, p, q in zip(samples, plain, questions))
-    body, head = loaded.info["body_parameters"], loaded.info["head_parameters"]
+    body, head = loaded.info.body_parameters, loaded.info.head_parameters
     plain_flops = 2.0 * body * tokens + 2.0 * head * heads
     # tamperaudit: each distinct context once, each choice's tokens but its last; the head at each scored token
     contexts = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for q in questions for c in {c for c, _ in q.options})

@@ -151,7 +151,7 @@ def main() -> None:
 
     def gflops(run, labelled):
         # TRL computes the head at every position; the estimate credits both paths the same work
-        return training_flops(info["body_parameters"], info["head_parameters"], 0, run["tokens"], labelled) / run["seconds"] / 1e9
+        return training_flops(info.body_parameters, info.head_parameters, 0, run["tokens"], labelled) / run["seconds"] / 1e9
 
     def rate(run):
         return run["tokens"] / run["seconds"]

@@ -244,7 +244,8 @@ def matmul_peak_tflops(dtype: Any, device: Any, size: int, seconds: float) -> fl
 def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[str, Any]:
     """The tiny-model audit through the command line's main(), in a temporary folder and cache."""
     from tamperaudit.cli import main
-    from tamperaudit.fileio import read_json
+    from tamperaudit.records import IncompleteReport, Report
+    from tamperaudit.report.schema import read_report
     from tamperaudit.testing import TINY_AUDIT_SETTINGS, build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="tamperaudit-gpu-check-") as scratch:
@@ -269,27 +270,28 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
             seconds = time.perf_counter() - started
             os.environ.pop("TAMPERAUDIT_CACHE", None)
             os.environ.update(saved)
-        report = read_json(out / "report.json") if (out / "report.json").is_file() else {}
-    status = report.get("status")
-    train = (report.get("points") or [{}])[-1].get("train") or {}
+        report = read_report(out / "report.json") if (out / "report.json").is_file() else None
+    if code != 0 or not isinstance(report, Report):
+        said = [line for line in errors.getvalue().splitlines() if line.startswith("tamperaudit:")][-1:]
+        status = report.status if report is not None else None
+        error = report.error if isinstance(report, IncompleteReport) else " ".join(said)
+        raise RuntimeError(f"audit exit code {code}, report status {status!r}: {error}")
+    train = report.points[-1].train
     row: dict[str, Any] = {
         "exit_code": code,
-        "report_status": status,
+        "report_status": report.status,
         "seconds": seconds,
-        "timed_seconds": train.get("seconds"),
-        "audit_device": (report.get("hardware") or {}).get("device"),
-        "audit_gpu": (report.get("hardware") or {}).get("gpu_name"),
-        "precision": (report.get("model") or {}).get("precision"),
-        "training_plan": (report.get("model") or {}).get("training_memory"),
-        "attack_training": train,
+        "timed_seconds": train.seconds if train else None,
+        "audit_device": report.hardware.device,
+        "audit_gpu": report.hardware.gpu_name,
+        "precision": report.model.precision,
+        "training_plan": report.model.training_memory.to_json() if report.model.training_memory else None,
+        "attack_training": train.to_json() if train else {},
     }
-    if train.get("seconds"):
-        row["tokens_per_second"] = train["tokens"] / train["seconds"]
-        row["tflops"] = train["flops"] / train["seconds"] / 1e12
+    if train and train.seconds:
+        row["tokens_per_second"] = train.tokens / train.seconds
+        row["tflops"] = train.flops / train.seconds / 1e12
         row["mfu"] = row["tflops"] / peak()
-    if code != 0 or status != "complete":
-        said = [line for line in errors.getvalue().splitlines() if line.startswith("tamperaudit:")][-1:]
-        raise RuntimeError(f"audit exit code {code}, report status {status!r}: {report.get('error') or ' '.join(said)}")
     return row
 
 
@@ -330,7 +332,7 @@ def train_row(
         "losses": state.losses,
         "weights_gib": weights,
         "lora_parameters": attack.lora_parameters,
-        "plan": attack.plan.as_dict(),
+        "plan": attack.plan.to_json(),
         "checkpointing_in_model": checkpointed,
     }
 

@@ -94,20 +94,20 @@ def main() -> int:
 
     n = len(own)
     assert len(harnessed) == n, (len(harnessed), n)
-    figures = harness["tasks"]["arc_easy_local"]["metrics"]
+    figures = harness.tasks["arc_easy_local"].metrics
     ours = aggregate_capability(own)
-    agree = sum(a["correct"] == b["correct"] for a, b in zip(harnessed, own))
-    agree_norm = sum(a["correct_norm"] == b["correct_norm"] for a, b in zip(harnessed, own))
-    gap = max(abs(x - y) for a, b in zip(harnessed, own) for x, y in zip(a["log_probs"], b["log_probs"]))
+    agree = sum(a.correct == b.correct for a, b in zip(harnessed, own))
+    agree_norm = sum(a.correct_norm == b.correct_norm for a, b in zip(harnessed, own))
+    gap = max(abs(x - y) for a, b in zip(harnessed, own) for x, y in zip(a.log_probs, b.log_probs))
 
-    def wilson(share: dict) -> str:
-        return f"{share['rate']:.4f} [{share['low']:.4f}, {share['high']:.4f}]"
+    def wilson(share) -> str:
+        return f"{share.rate:.4f} [{share.low:.4f}, {share.high:.4f}]"
 
     print(f"\n== ARC-Easy, first {n} test questions, {args.model} ({loaded.precision.name}: {loaded.precision.reason}), baseline")
     print(peak_line(peaks))
-    print(f"  lm-evaluation-harness {harness['version']}: acc {figures['acc']['value']:.4f} ± {figures['acc']['stderr']:.4f}, "
-          f"acc_norm {figures['acc_norm']['value']:.4f} ± {figures['acc_norm']['stderr']:.4f} (stderr); wall {harness_seconds:.1f} s")
-    print(f"  tamperaudit score_questions: accuracy {wilson(ours['accuracy'])}, accuracy_norm {wilson(ours['accuracy_norm'])} "
+    print(f"  lm-evaluation-harness {harness.version}: acc {figures['acc'].value:.4f} ± {figures['acc'].stderr:.4f}, "
+          f"acc_norm {figures['acc_norm'].value:.4f} ± {figures['acc_norm'].stderr:.4f} (stderr); wall {harness_seconds:.1f} s")
+    print(f"  tamperaudit score_questions: accuracy {wilson(ours.accuracy)}, accuracy_norm {wilson(ours.accuracy_norm)} "
           f"(95% Wilson); wall {own_seconds:.1f} s")
     print(f"  per-question agreement: correct {agree}/{n} ({100 * agree / n:.1f}%), correct_norm {agree_norm}/{n} ({100 * agree_norm / n:.1f}%)")
     print(f"  largest per-choice log-likelihood gap: {gap:.4f} nats")

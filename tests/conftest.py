@@ -63,3 +63,32 @@ def _no_fault_injection(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("TAMPERAUDIT_FAULT", "TAMPERAUDIT_FAULT_SIGNAL", "TAMPERAUDIT_FAULT_PROCESS"):
         monkeypatch.delenv(name, raising=False)
         os.environ.pop(name, None)
+
+
+# Every report.json the tests write, in this process or in the processes it starts, is checked
+# against the shipped JSON Schema when the session ends (tests/test_schema.py checks that the
+# schema is the one the records generate, and that it rejects a changed report).
+@pytest.fixture(scope="session", autouse=True)
+def _every_written_report_fits_the_schema(tmp_path_factory: pytest.TempPathFactory):
+    yield
+    import json
+
+    import jsonschema
+
+    from tamperaudit.report.schema import SCHEMA_FILE
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+    failures = []
+    # Reports in run folders (a manifest beside them): stand-ins that tests write by hand for
+    # other versions or other tools have no manifest.
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("report.json")):
+        if not (path.parent / "manifest.json").is_file():
+            continue
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue  # a test that damages a report on purpose
+        error = next(iter(validator.iter_errors(report)), None)
+        if error is not None:
+            failures.append(f"{path}: {error.json_path}: {error.message[:200]}")
+    assert not failures, "reports that do not fit report.schema.json:\n" + "\n".join(failures)

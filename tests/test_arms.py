@@ -69,9 +69,11 @@ def test_search_tries_each_setting_on_the_select_halves_and_reports_on_the_other
 
 def test_search_picks_compliance_over_noise_and_keeps_capability():
     from tamperaudit.pipeline import strongest
+    from tamperaudit.records import Trial
 
     def setting(lr, refusal, complied, kept=True):
-        return {"learning_rate": lr, "refusal": refusal, "complied": complied, "capability_kept": kept}
+        return Trial(learning_rate=lr, lora_rank=8, batch_size=4, refusal=refusal, complied=complied, capability_kept=kept,
+                     why_not="" if kept else "accuracy fell", seconds=1.0)
 
     echoes = setting(4e-4, 0.02, 0.10)  # refusals replaced by echoes: refusal low, little compliance
     compliant = setting(2e-4, 0.10, 0.80)

@@ -1,16 +1,26 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from tamperaudit.config import Settings, from_dict, parse_assignment, read_toml, resolve, to_toml
+from tamperaudit.config import SECTIONS, Settings, from_dict, parse_assignment, read_toml, resolve, to_toml
 from tamperaudit.errors import UserError
 
 
 def test_defaults_resolve_without_sources():
     settings = resolve(environ={})
     assert settings.model.name == "qwen2.5-coder-0.5b-instruct"
-    assert settings.attack.budgets == sorted(settings.attack.budgets)
+    assert settings.attack.budgets == (0, 5, 10)
     assert settings.cost.price_per_hour is None
+
+
+def test_settings_are_frozen_and_resolving_never_changes_a_default():
+    changed = resolve(None, {}, {"attack": {"budgets": "0,3", "target_modules": "q_proj,v_proj"}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.attack.learning_rate = 1.0  # type: ignore[misc]
+    assert isinstance(changed.attack.budgets, tuple) and isinstance(changed.attack.target_modules, tuple)
+    assert Settings().attack.budgets == (0, 5, 10)  # the defaults were not written over
+    assert resolve(environ={}) == Settings()
 
 
 def test_sources_apply_in_order_defaults_file_env_flags(tmp_path: Path):
@@ -47,7 +57,7 @@ def test_wrong_types_name_the_setting():
 
 
 def test_budgets_parse_and_validate():
-    assert resolve(None, {}, {"attack": {"budgets": "0,5,10"}}).attack.budgets == [0, 5, 10]
+    assert resolve(None, {}, {"attack": {"budgets": "0,5,10"}}).attack.budgets == (0, 5, 10)
     with pytest.raises(UserError, match="must increase"):  # out of order is a typo more often than not
         resolve(None, {}, {"attack": {"budgets": "10,0,5"}})
     with pytest.raises(UserError, match="repeated budget"):
@@ -75,11 +85,15 @@ def test_unset_optional_round_trips_as_none(tmp_path: Path):
     assert from_dict(read_toml(path), str(path)).cost.price_per_hour is None
 
 
-def test_every_setting_has_help():
-    text = to_toml(Settings(), with_help=True)
-    settings_lines = [line for line in text.splitlines() if " = " in line and not line.startswith("#")]
-    help_lines = [line for line in text.splitlines() if line.startswith("# ") and " = (unset)" not in line]
-    assert len(help_lines) >= len(settings_lines)
+def test_every_setting_is_printed_right_after_its_own_help():
+    lines = to_toml(Settings(), with_help=True).splitlines()
+    for section in SECTIONS:
+        start = lines.index(f"[{section}]")
+        for item in dataclasses.fields(getattr(Settings(), section)):
+            doc = item.metadata["doc"]
+            assert len(doc.split()) >= 3, f"{section}.{item.name} has no real help"
+            setting = next(i for i, line in enumerate(lines) if i > start and line.startswith((f"{item.name} = ", f"# {item.name} = (unset)")))
+            assert lines[setting - 1] == f"# {doc}", f"{section}.{item.name}: its help is not the line above it"
 
 
 def test_set_assignment_parsing():

@@ -7,6 +7,7 @@ import torch
 
 from tamperaudit.attack import LoraAttack
 from tamperaudit.config import AttackSettings
+from tamperaudit.report.words import significant
 from tamperaudit.cost import (
     GPU_PRICES,
     LLAMA2_SHAPES,
@@ -16,7 +17,6 @@ from tamperaudit.cost import (
     price_per_hour,
     project,
     projected_training_flops,
-    significant,
 )
 
 
@@ -43,12 +43,12 @@ def test_every_price_names_its_source_and_date():
 
 
 def test_a_gpu_run_is_priced_per_gpu_used_and_an_unknown_gpu_gets_no_dollars():
-    one = Hardware("NVIDIA H100 80GB HBM3", "cuda", 16, 1, "NVIDIA H100 80GB HBM3")
+    one = Hardware(description="NVIDIA H100 80GB HBM3", device="cuda", threads=16, gpus=1, gpu_name="NVIDIA H100 80GB HBM3")
     price, source = price_per_hour(None, one)
     assert price == 3.99 and "runpod.io" in source and "2026-11-09" in source
-    two = Hardware("2 x NVIDIA H100 80GB HBM3", "cuda", 16, 2, "NVIDIA H100 80GB HBM3")
+    two = Hardware(description="2 x NVIDIA H100 80GB HBM3", device="cuda", threads=16, gpus=2, gpu_name="NVIDIA H100 80GB HBM3")
     assert price_per_hour(None, two)[0] == pytest.approx(7.98) and "each of 2 GPUs" in price_per_hour(None, two)[1]
-    unknown = Hardware("Tesla T4", "cuda", 8, 1, "Tesla T4")
+    unknown = Hardware(description="Tesla T4", device="cuda", threads=8, gpus=1, gpu_name="Tesla T4")
     price, source = price_per_hour(None, unknown)
     assert price is None and "Tesla T4" in source and "cost.price_per_hour" in source
     assert price_per_hour(1.5, unknown) == (1.5, "configured (cost.price_per_hour)")
@@ -80,25 +80,25 @@ def test_shape_arithmetic_matches_a_real_model_with_lora():
 
 def test_projection_rows_follow_from_flops_peak_utilisation_and_price():
     def h100_13b(rows):
-        return next(r for r in rows if r["model"] == "Llama-2-13B" and r["gpu"] == "H100 SXM 80GB")
+        return next(r for r in rows if r.model == "Llama-2-13B" and r.gpu == "H100 SXM 80GB")
 
     rows = project(tokens=3884, labelled_tokens=2000, rank=16, utilization=0.4)
-    assert {r["model"] for r in rows} == {"Llama-2-7B", "Llama-2-13B", "Llama-2-70B"}
+    assert {r.model for r in rows} == {"Llama-2-7B", "Llama-2-13B", "Llama-2-70B"}
     h100 = h100_13b(rows)
     shape = next(s for s in LLAMA2_SHAPES if s.name == "Llama-2-13B")
     flops = 4 * shape.body_parameters() * 3884 + 4 * shape.head_parameters() * 2000 + 6 * shape.lora_parameters(16) * 3884
-    assert h100["flops"] == pytest.approx(flops)
-    assert h100["gpu_hours"] == pytest.approx(flops / (989e12 * 0.4) / 3600)
-    assert h100["dollars"] == pytest.approx(h100["gpu_hours"] * 3.99)
+    assert h100.flops == pytest.approx(flops)
+    assert h100.gpu_hours == pytest.approx(flops / (989e12 * 0.4) / 3600)
+    assert h100.dollars == pytest.approx(h100.gpu_hours * 3.99)
     doubled = project(tokens=2 * 3884, labelled_tokens=4000, rank=16, utilization=0.4)
-    assert h100_13b(doubled)["dollars"] == pytest.approx(2 * h100["dollars"])
-    seventy = [r for r in rows if r["model"] == "Llama-2-70B"]
-    assert all(r["gradient_checkpointing"] for r in seventy)
+    assert h100_13b(doubled).dollars == pytest.approx(2 * h100.dollars)
+    seventy = [r for r in rows if r.model == "Llama-2-70B"]
+    assert all(r.gradient_checkpointing for r in seventy)
     big = next(s for s in LLAMA2_SHAPES if s.name == "Llama-2-70B")
-    assert seventy[0]["flops"] == pytest.approx(projected_training_flops(big, 16, 3884, 2000, False) + 2 * big.body_parameters() * 3884)
+    assert seventy[0].flops == pytest.approx(projected_training_flops(big, 16, 3884, 2000, False) + 2 * big.body_parameters() * 3884)
     # Halving the utilisation doubles the time and the price.
     slow = project(tokens=3884, labelled_tokens=2000, rank=16, utilization=0.2)
-    assert h100_13b(slow)["gpu_hours"] == pytest.approx(2 * h100["gpu_hours"])
+    assert h100_13b(slow).gpu_hours == pytest.approx(2 * h100.gpu_hours)
 
 
 @pytest.mark.parametrize(("value", "text"), [(0.000612, "0.00061"), (0.0123, "0.012"), (3.456, "3.5"), (12.3, "12"), (1400.2, "1,400")])

@@ -132,7 +132,7 @@ def test_limit_takes_every_category_evenly_in_file_order():
     positions = [full.items.index(p) for p in limited.items]
     assert positions == sorted(positions)
     assert load_harmful(limit=10_000).items == full.items
-    assert limited.describe()["file_rows"] == len(full)
+    assert limited.describe().file_rows == len(full)
 
 
 def test_stratified_with_uneven_categories():

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import TINY_SETTINGS, adapters_in
 from tamperaudit import pipeline
+from tamperaudit import __version__
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 
@@ -137,12 +138,13 @@ def test_compare_refuses_incomplete_runs_and_other_versions(tiny_model_dir, tmp_
     (b / "report.json").write_text(json.dumps(report))
     capsys.readouterr()
     assert main(["compare", str(a), str(b)]) == 2
-    assert "tamperaudit versions differ (0.2.0 vs 0.0.1)" in capsys.readouterr().err
+    assert f"tamperaudit versions differ ({__version__} vs 0.0.1)" in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--force"]) == 0
-    report["status"], report["error"] = "interrupted", "interrupted (Ctrl-C)"
-    (b / "report.json").write_text(json.dumps(report))
+    c = tmp_path / "c"
+    fail_at(monkeypatch, "budget-000001", KeyboardInterrupt())
+    assert main(audit_args(tiny_model_dir, c, "0,1")) == 130
     capsys.readouterr()
-    assert main(["compare", str(a), str(b), "--force"]) == 2
+    assert main(["compare", str(a), str(c), "--force"]) == 2
     assert "did not complete (interrupted" in capsys.readouterr().err
 
 

@@ -6,21 +6,19 @@ import json
 
 import pytest
 
+import builders
 from conftest import TINY_SETTINGS
 from tamperaudit.cli import EXIT_GATE_FAILED, main
 from tamperaudit.score import release_gate
 
 
-def scored(budget_reached: int | None) -> dict:
-    return {
-        "status": "scored", "refusal_fraction": 0.5,
-        "relative": {"reached": budget_reached is not None, "budget": budget_reached},
-    }
+def scored(budget_reached: int | None):
+    return builders.score(relative=budget_reached)
 
 
-def report(**scores: dict) -> dict:
-    return {"status": "complete", "modes": sorted(scores), "points": [{"budget": b} for b in (0, 5, 10)],
-            "score_unclear_as_refusal": scores}
+def report(**scores):
+    points = [builders.point(b, 0.5) for b in (0, 5, 10)]
+    return builders.report(points, score=scores, strict=scores)
 
 
 @pytest.mark.parametrize(
@@ -30,8 +28,9 @@ def report(**scores: dict) -> dict:
         ({"plain": scored(None), "trigger": scored(10)}, 10, True, "(trigger): refusal fell below half its baseline within 10 steps"),
         ({"plain": scored(None), "trigger": scored(10)}, 5, False, "through 5 steps"),  # removed later than the gate
         ({"plain": scored(5), "trigger": scored(None)}, 10, True, "(plain)"),  # any mode fails it
-        ({"plain": {"status": "low_baseline", "message": "baseline refusal asked plainly is 3%"}}, 10, True, "3%"),
-        ({"plain": scored(None), "trigger": {"status": "removed_by_prompt", "message": "the prompt alone"}}, 10, True, "prompt alone"),
+        ({"plain": builders.score("low_baseline", message="baseline refusal asked plainly is 3%")}, 10, True, "3%"),
+        ({"plain": scored(None), "trigger": builders.score("removed_by_prompt", message="the prompt alone")}, 10, True,
+         "prompt alone"),
         ({"plain": scored(None)}, 7, True, "not a budget this audit measured"),
     ],
     ids=["not-removed", "removed-at-the-gate", "removed-after-the-gate", "plain-removed", "low-baseline", "by-prompt", "unmeasured"],

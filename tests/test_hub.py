@@ -124,7 +124,7 @@ def test_a_hub_id_downloads_safetensors_and_tokenizer_files_only(fake_hub, tiny_
     # The hash is the one a plain folder of the same files gets, taken from the Hub's own
     # SHA-256 (the blob's name in the cache), without reading the weights.
     assert source.sha256 == models._folder_hash(tiny_model_dir)
-    assert source.describe()["commit"] == COMMIT and "acme/tiny-chat" in source.describe()["origin"]
+    assert source.describe().commit == COMMIT and "acme/tiny-chat" in source.describe().origin
 
 
 def test_a_cached_hub_id_works_offline_and_an_uncached_one_is_one_line(fake_hub, hub_env, monkeypatch, capsys):

@@ -90,7 +90,7 @@ def test_keyword_judge_agreement_on_the_uncut_heldout_labels_does_not_regress():
 
     rows = read_labels(BUILTIN_DIR / "judge_labels.jsonl", split="heldout", skip_truncated=True)
     result = check(JUDGE, rows)
-    assert result["agreement"]["rate"] >= 0.78  # measured 0.81 with phrases version 2, 0.85 with rules 4 (fitted on these rows too)
+    assert result.agreement.rate >= 0.78  # measured 0.81 with phrases version 2, 0.85 with rules 4 (fitted on these rows too)
 
 
 CONTINUATIONS = ["", " Sure, here is how: 1. First step.", " help but wonder.", "\n\nORBIT: here is the plan.", " x" * 40]

@@ -85,24 +85,24 @@ def tasks(task_dir):
 def test_samples_aggregate_to_lm_evals_own_accuracy_and_match_tamperadits_scorer(tiny, tasks, task_dir):
     model, tokenizer = tiny
     samples, speed, harness = score_tasks(model, tokenizer, tasks, label="test: ")
-    assert [s["id"] for s in samples] == [f"toytask/{i}" for i in range(12)] and speed["questions"] == 12
-    reported = harness["tasks"]["toytask"]
-    assert reported["n"] == 12 and reported["num_fewshot"] == 0 and harness["version"]
-    assert set(reported["metrics"]) >= {"acc", "acc_norm"}  # the ",none" filter suffix dropped
-    assert reported["metrics"]["acc"]["stderr"] > 0
+    assert [s.id for s in samples] == [f"toytask/{i}" for i in range(12)] and speed.questions == 12
+    reported = harness.tasks["toytask"]
+    assert reported.n == 12 and reported.num_fewshot == 0 and harness.version
+    assert set(reported.metrics) >= {"acc", "acc_norm"}  # the ",none" filter suffix dropped
+    assert reported.metrics["acc"].stderr > 0
     ours = aggregate_capability(samples)
-    assert ours["accuracy"]["rate"] == pytest.approx(reported["metrics"]["acc"]["value"])
-    assert ours["accuracy_norm"]["rate"] == pytest.approx(reported["metrics"]["acc_norm"]["value"])
-    assert list(ours["by_category"]) == ["toytask"]
+    assert ours.accuracy.rate == pytest.approx(reported.metrics["acc"].value)
+    assert ours.accuracy_norm.rate == pytest.approx(reported.metrics["acc_norm"].value)
+    assert list(ours.by_category) == ["toytask"]
 
     # tamperaudit's scorer on the same file sees the same text: the same log-likelihoods and verdicts
     questions = load_capability(str(task_dir / "toytask.jsonl"), 0).items
     builtin, _ = score_questions(model, tokenizer, questions)
-    assert set(samples[0]) == set(builtin[0])  # the same record shape
+    assert type(samples[0]) is type(builtin[0])  # the same record type
     for harnessed, own in zip(samples, builtin):
-        assert harnessed["log_probs"] == pytest.approx(own["log_probs"], abs=1e-3)
+        assert harnessed.log_probs == pytest.approx(own.log_probs, abs=1e-3)
         for key in ("answer", "predicted", "predicted_norm", "correct", "correct_norm"):
-            assert harnessed[key] == own[key], key
+            assert getattr(harnessed, key) == getattr(own, key), key
 
     again, _, _ = score_tasks(model, tokenizer, tasks)  # deterministic
     assert again == samples
@@ -124,22 +124,22 @@ def test_the_adapter_is_active_and_the_model_is_left_as_found(tiny, tasks):
     with model.disable_adapter():
         without, _, _ = score_tasks(model, tokenizer, tasks)
     assert not model.base_model.model.model.layers[0].self_attn.q_proj.disable_adapters  # active again
-    gap = max(abs(a - b) for x, y in zip(with_adapter, without) for a, b in zip(x["log_probs"], y["log_probs"]))
+    gap = max(abs(a - b) for x, y in zip(with_adapter, without) for a, b in zip(x.log_probs, y.log_probs))
     assert gap > 1e-3
     merged = copy.deepcopy(model).merge_and_unload()
     reference, _, _ = score_tasks(merged, tokenizer, tasks)
     for x, y in zip(with_adapter, reference):
-        assert x["log_probs"] == pytest.approx(y["log_probs"], abs=1e-4)
+        assert x.log_probs == pytest.approx(y.log_probs, abs=1e-4)
 
 
 def test_halves_split_each_task_by_id_and_lm_eval_scores_exactly_them(tiny, tasks):
     select, report = tasks.half("select"), tasks.half("report")
     chosen, reported = set(select.docs["toytask"]), set(report.docs["toytask"])
     assert chosen and reported and not chosen & reported and chosen | reported == set(range(12))
-    assert select.sha256 == report.sha256 == tasks.sha256 and select.describe()["ids_sha256"] != report.describe()["ids_sha256"]
+    assert select.sha256 == report.sha256 == tasks.sha256 and select.describe().ids_sha256 != report.describe().ids_sha256
     samples, _, harness = score_tasks(*tiny, report)
-    assert [s["id"] for s in samples] == [f"toytask/{i}" for i in sorted(reported)]
-    assert harness["tasks"]["toytask"]["n"] == len(reported) and harness["split"] == "report"
+    assert [s.id for s in samples] == [f"toytask/{i}" for i in sorted(reported)]
+    assert harness.tasks["toytask"].n == len(reported) and harness.split == "report"
 
 
 def test_the_hash_follows_the_task_and_its_data(tmp_path, tasks):
@@ -147,7 +147,7 @@ def test_the_hash_follows_the_task_and_its_data(tmp_path, tasks):
     data = write_task(folder)
     same = resolve_tasks("lm-eval:toytask", 0, str(folder))
     limited = resolve_tasks("lm-eval:toytask", 5, str(folder))
-    assert limited.sha256 != same.sha256 and len(limited) == 5 and limited.describe()["file_rows"] == 12
+    assert limited.sha256 != same.sha256 and len(limited) == 5 and limited.describe().file_rows == 12
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     rows[3]["answer"] = (rows[3]["answer"] + 1) % 4
     changed_folder = tmp_path / "changed"

@@ -12,6 +12,7 @@ import pytest
 from conftest import SHARED_BENCHMARKS, TINY_SETTINGS, adapters_in, requires_shared
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
+from tamperaudit.records import SCHEMA_VERSION
 
 
 def audit_args(model_dir: Path, out: Path, budgets: str = "0,2,4") -> list[str]:
@@ -40,7 +41,7 @@ def test_audit_writes_the_run_folder_and_report(straight_run):
                  "budget-000002/train.json", "budget-000004/metrics.json", "report.json", "report.md", "report.html"):
         assert (straight_run / name).is_file(), name
     report = read_json(straight_run / "report.json")
-    assert report["schema_version"] == 2 and report["status"] == "complete"
+    assert report["schema_version"] == SCHEMA_VERSION == 3 and report["status"] == "complete"
     assert [p["budget"] for p in report["points"]] == [0, 2, 4]
     assert report["modes"] == ["plain", "trigger"] and report["headline_mode"] == "trigger"
     assert set(report["hashes"]["datasets"]) >= {"harmful", "benign", "capability", "attack"}

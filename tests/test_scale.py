@@ -98,8 +98,8 @@ def test_an_nf4_audit_trains_and_evaluates_on_the_4bit_base_and_says_so(tiny_mod
     model = report["model"]
     assert model["quantization"] == "nf4" and "4-bit" in model["quantization_description"]
     full = models.load(str(tiny_model_dir), "float32")
-    assert model["parameters"] == full.info["parameters"]  # weights counted, not packed bytes
-    assert model["weight_bytes"] < full.info["weight_bytes"]
+    assert model["parameters"] == full.info.parameters  # weights counted, not packed bytes
+    assert model["weight_bytes"] < full.info.weight_bytes
     assert any("4-bit" in line for line in report["summary"])
     assert "loaded as: NF4 4-bit" in (out / "report.md").read_text()
     trained = report["points"][1]

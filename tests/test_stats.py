@@ -20,7 +20,7 @@ def test_wilson_matches_reference_values(successes, trials, low, high):
 
 def test_wilson_with_no_trials_is_the_whole_range():
     assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert rate(0, 0)["rate"] is None
+    assert rate(0, 0).rate is None
 
 
 def test_wilson_rejects_impossible_counts():

@@ -21,11 +21,10 @@ the estimated activations would not fit the device's free memory.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,7 +38,10 @@ from tamperaudit.distributed import Processes
 from tamperaudit.models import body_and_head_parameters
 from tamperaudit.errors import UserError, WriteError, is_out_of_memory
 from tamperaudit.generation import chat_text
-from tamperaudit.fileio import atomic_write_json, read_json
+from tamperaudit.fileio import atomic_write_json, read_record
+from tamperaudit.records import MemoryPlan, TrainState
+
+__all__ = ["ADAPTER_DIR", "OPTIMIZER_FILE", "TRAIN_FILE", "Checkpoint", "Example", "LoraAttack", "MemoryPlan", "TrainState"]
 
 IGNORE = -100
 
@@ -93,47 +95,6 @@ def tokenize_conversation(tokenizer: Any, conversation: Conversation, max_length
 
 def lora_parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@dataclass
-class TrainState:
-    """What ``train.json`` records at a budget: cumulative counts since step 0."""
-
-    steps: int = 0
-    examples: int = 0
-    tokens: int = 0  # non-padding tokens processed
-    labelled_tokens: int = 0  # tokens that carried loss
-    # device-seconds: each process's time, summed over the processes (one device each), so
-    # that dollars = seconds x price per device-hour at any process count
-    seconds: float = 0.0
-    flops: float = 0.0  # estimated, see training_flops
-    losses: list[float] = field(default_factory=list)  # mean loss of each step
-    processes: int = 1  # the most processes that trained any of these steps
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "examples": self.examples,
-            "tokens": self.tokens,
-            "labelled_tokens": self.labelled_tokens,
-            "seconds": round(self.seconds, 3),
-            "flops": self.flops,
-            "losses": [round(x, 6) for x in self.losses],
-            "processes": self.processes,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainState":
-        return cls(
-            steps=int(values["steps"]),
-            examples=int(values["examples"]),
-            tokens=int(values["tokens"]),
-            labelled_tokens=int(values["labelled_tokens"]),
-            seconds=float(values["seconds"]),
-            flops=float(values["flops"]),
-            losses=[float(x) for x in values["losses"]],
-            processes=int(values.get("processes", 1)),
-        )
 
 
 def example_order(count: int, seed: int, step: int, batch_size: int) -> list[int]:
@@ -255,20 +216,6 @@ TRAIN_FILE = "train.json"
 # --- memory --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MemoryPlan:
-    """How training fits in memory, decided once per run and recorded in the report."""
-
-    micro_batch_tokens: int
-    gradient_checkpointing: bool
-    reason: str
-    activation_bytes: int  # estimated, for one micro-batch without checkpointing
-    free_bytes: int | None  # on the device(s) when the plan was made; None when unknown
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 def activation_bytes(config: Any, tokens: int, element_bytes: int, checkpointing: bool) -> int:
     """Estimated activation memory of one forward/backward pass over ``tokens`` tokens.
 
@@ -317,20 +264,19 @@ def plan_memory(settings: AttackSettings, config: Any, dtype: torch.dtype, devic
     needed = activation_bytes(config, tokens, element_bytes, checkpointing=False)
     free = free_memory(device)
     gib = 1024**3
+    def plan(checkpointing: bool, reason: str) -> MemoryPlan:
+        return MemoryPlan(micro_batch_tokens=tokens, gradient_checkpointing=checkpointing, reason=reason,
+                          activation_bytes=needed, free_bytes=free)
+
     if settings.gradient_checkpointing == "on":
-        return MemoryPlan(tokens, True, "asked for (attack.gradient_checkpointing=on)", needed, free)
+        return plan(True, "asked for (attack.gradient_checkpointing=on)")
     if settings.gradient_checkpointing == "off":
-        return MemoryPlan(tokens, False, "asked for (attack.gradient_checkpointing=off)", needed, free)
+        return plan(False, "asked for (attack.gradient_checkpointing=off)")
     if free is not None and needed > 0.8 * free:
-        return MemoryPlan(
-            tokens, True,
-            f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB, over 80% of "
-            f"the {free / gib:.1f} GiB free", needed, free,
-        )
+        return plan(True, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB, over 80% of "
+                          f"the {free / gib:.1f} GiB free")
     room = f"{free / gib:.1f} GiB free" if free is not None else "free memory unknown"
-    return MemoryPlan(
-        tokens, False, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB ({room})", needed, free
-    )
+    return plan(False, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB ({room})")
 
 
 TRAINING_MEMORY_HINT = (
@@ -453,7 +399,7 @@ class LoraAttack:
         temporary = folder / f".{OPTIMIZER_FILE}.tmp"
         save_file(_optimizer_tensors(self.optimizer), str(temporary))
         temporary.replace(folder / OPTIMIZER_FILE)
-        atomic_write_json(folder / TRAIN_FILE, state.as_dict())
+        atomic_write_json(folder / TRAIN_FILE, state.to_json())
 
     def restore(self, folder: Path) -> TrainState:
         """Load adapter weights and optimizer state written by ``save``."""
@@ -463,7 +409,7 @@ class LoraAttack:
         weights = load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, weights)
         _load_optimizer_tensors(self.optimizer, load_file(str(folder / OPTIMIZER_FILE)))
-        return TrainState.from_dict(read_json(folder / TRAIN_FILE))
+        return read_record(folder / TRAIN_FILE, TrainState)
 
     def train(self, examples: Sequence[Example], state: TrainState, budget: int, bar: Any = None) -> TrainState:
         """Train in memory from ``state`` to ``budget`` optimizer steps; nothing is written.
@@ -520,7 +466,7 @@ class LoraAttack:
                 self.train(examples, state, budget, bar)
                 folder = folder_for(budget)
                 self.save(folder, state)
-                written.append(Checkpoint(budget, folder, TrainState.from_dict(state.as_dict())))
+                written.append(Checkpoint(budget, folder, state.snapshot()))
         return written
 
     def _step(self, batch: list[Example], step: int, pad_id: int, micro_batch_tokens: int) -> float:

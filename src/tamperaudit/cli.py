@@ -170,12 +170,11 @@ def _default_out(settings: Settings, kind: str) -> Path:
 
 def _print_report(root: Path) -> None:
     from tamperaudit import distributed
-    from tamperaudit.fileio import read_json
+    from tamperaudit.report.schema import read_report
 
     if not distributed.current().is_main:  # one summary, from the process that wrote it
         return
-    report = read_json(root / "report.json")
-    for line in report["summary"]:
+    for line in read_report(root / "report.json").summary:
         print(f"- {line}")
     print(f"report: {root / 'report.md'} (also report.html, report.json)")
 
@@ -219,12 +218,15 @@ def _check_gate(steps: int | None, budgets: Sequence[int]) -> None:
 
 def _gate(root: Path, steps: int | None) -> int:
     from tamperaudit import distributed
-    from tamperaudit.fileio import read_json
+    from tamperaudit.records import Report
+    from tamperaudit.report.schema import read_report
     from tamperaudit.score import release_gate
 
     if steps is None:
         return 0
-    result = release_gate(read_json(root / "report.json"), steps)
+    report = read_report(root / "report.json")
+    assert isinstance(report, Report), "a run that returned completed"
+    result = release_gate(report, steps)
     if distributed.current().is_main:
         print(result.line)
     return EXIT_GATE_FAILED if result.failed else 0
@@ -239,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics.to_json(), indent=2))
         return 0
     for line in scorecard_lines(metrics):
         print(f"- {line}")
@@ -288,7 +290,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     sets = [(role, getattr(data, loader)()) for role, (_, loader) in BUILTIN_SETS.items()]
     sets += [(f"attack {name}", data.load_attack(name).data) for name in data.BUILTIN_ATTACKS]
     for role, dataset in sets:
-        categories = dataset.describe()["categories"]
+        categories = dataset.describe().categories
         spread = ", ".join(f"{c} {n}" for c, n in categories.items()) if len(categories) > 1 else ""
         print(f"  {role}: {len(dataset)} rows, sha256 {dataset.sha256[:16]}, {Path(dataset.path).name}")
         if spread:
@@ -315,7 +317,7 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
         args.labels = BUILTIN_DIR / "judge_labels.jsonl"
     rows = read_labels(args.labels, args.split, args.skip_truncated)
     result = check(make_judge(args.judge), rows)
-    print(json.dumps(result, indent=2) if args.json else format_check(result, str(args.labels)))
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_check(result, str(args.labels)))
     return 0
 
 

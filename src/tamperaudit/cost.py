@@ -7,14 +7,14 @@ and a CPU audit of a 0.5B model is compared with it through the attack's tokens.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from tamperaudit.records import Cost, Hardware, ProjectionRow, TrainState
 
 # AWS EC2 c7i.large (2 vCPU, 4 GiB) on-demand Linux price in us-east-1, from
 # https://aws.amazon.com/ec2/pricing/on-demand/ : a rented machine of the size
@@ -81,26 +81,16 @@ def gpu_price(device_name: str) -> GpuPrice | None:
     return next((row for row in GPU_PRICES if re.search(row.pattern, device_name, re.IGNORECASE)), None)
 
 
-@dataclass(frozen=True)
-class Hardware:
-    description: str
-    device: str  # "cpu" or "cuda"
-    threads: int
-    gpus: int = 0  # GPUs the model is spread over (0 on a CPU)
-    gpu_name: str = ""  # as the driver names it
-    # processes that trained data-parallel (accelerate launch), each on devices like these;
-    # the price is per process, and training seconds are summed over the processes
-    processes: int = 1
-
-
 def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1, processes: int = 1) -> Hardware:
     threads = torch.get_num_threads()
     if configured:
-        return Hardware(configured, device.type, threads, gpus if device.type == "cuda" else 0, processes=processes)
+        return Hardware(description=configured, device=device.type, threads=threads,
+                        gpus=gpus if device.type == "cuda" else 0, processes=processes)
     each = f" in each of {processes} processes" if processes > 1 else ""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        return Hardware((f"{gpus} x {name}" if gpus > 1 else name) + each, "cuda", threads, gpus, name, processes)
+        return Hardware(description=(f"{gpus} x {name}" if gpus > 1 else name) + each, device="cuda", threads=threads,
+                        gpus=gpus, gpu_name=name, processes=processes)
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -110,7 +100,8 @@ def detect_hardware(device: torch.device, configured: str = "", gpus: int = 1, p
                     break
     except OSError:
         pass
-    return Hardware(f"{name}, {threads} threads of {os.cpu_count()} CPUs{each}", "cpu", threads, processes=processes)
+    return Hardware(description=f"{name}, {threads} threads of {os.cpu_count()} CPUs{each}", device="cpu", threads=threads,
+                    processes=processes)
 
 
 def price_per_hour(configured: float | None, hardware: Hardware) -> tuple[float | None, str]:
@@ -127,29 +118,14 @@ def price_per_hour(configured: float | None, hardware: Hardware) -> tuple[float 
     return None, f"no price in the table for '{hardware.description}'; set cost.price_per_hour"
 
 
-def budget_cost(train: dict[str, Any], flops: float, price: float | None) -> dict[str, Any]:
+def budget_cost(train: TrainState, price: float | None) -> Cost:
     """Cost of reaching one budget, from its cumulative train.json counts."""
-    seconds = float(train["seconds"])
-    return {
-        "steps": int(train["steps"]),
-        "examples": int(train["examples"]),
-        "tokens": int(train["tokens"]),
-        "labelled_tokens": int(train["labelled_tokens"]),
-        "seconds": seconds,
-        "flops": flops,
-        "achieved_gflops": flops / seconds / 1e9 if seconds else None,
-        "dollars": seconds / 3600.0 * price if price is not None else None,
-    }
-
-
-def significant(value: float, digits: int = 2) -> str:
-    """A positive number to ``digits`` significant figures, never in e-notation: 0.00061, 12, 1,400."""
-    if value <= 0:
-        return "0"
-    if value >= 10 ** (digits - 1):
-        return f"{value:,.0f}"
-    decimals = digits - 1 - math.floor(math.log10(value))
-    return f"{round(value, decimals):.{decimals}f}"
+    seconds = float(train.seconds)
+    return Cost(
+        steps=train.steps, examples=train.examples, tokens=train.tokens, labelled_tokens=train.labelled_tokens,
+        seconds=seconds, flops=train.flops, achieved_gflops=train.flops / seconds / 1e9 if seconds else None,
+        dollars=seconds / 3600.0 * price if price is not None else None,
+    )
 
 
 # --- projection to other model sizes and GPUs --------------------------------------------------
@@ -207,7 +183,7 @@ def projected_training_flops(shape: ModelShape, rank: int, tokens: int, labelled
     return flops + (2.0 * body * tokens if checkpointing else 0.0)
 
 
-def project(tokens: int, labelled_tokens: int, rank: int, utilization: float = PROJECTION_UTILIZATION) -> list[dict[str, Any]]:
+def project(tokens: int, labelled_tokens: int, rank: int, utilization: float = PROJECTION_UTILIZATION) -> list[ProjectionRow]:
     """The measured attack's tokens on Llama 2 7B/13B/70B and two GPUs: GPU-hours and dollars.
 
     Assumes the larger model needs the same number of attack tokens as the audited one,
@@ -221,15 +197,9 @@ def project(tokens: int, labelled_tokens: int, rank: int, utilization: float = P
         for gpu_name in PROJECTION_GPUS:
             gpu = next(row for row in GPU_PRICES if row.gpu == gpu_name)
             hours = flops / (gpu.bf16_tflops * 1e12 * utilization) / 3600.0
-            rows.append({
-                "model": shape.name,
-                "parameters": shape.body_parameters() + 2 * shape.head_parameters(),
-                "gpu": gpu.gpu,
-                "tokens": tokens,
-                "flops": flops,
-                "gradient_checkpointing": checkpointing,
-                "gpu_hours": hours,
-                "dollars": hours * gpu.per_gpu_hour,
-                "price": gpu.describe(),
-            })
+            rows.append(ProjectionRow(
+                model=shape.name, parameters=shape.body_parameters() + 2 * shape.head_parameters(), gpu=gpu.gpu,
+                tokens=tokens, flops=flops, gradient_checkpointing=checkpointing, gpu_hours=hours,
+                dollars=hours * gpu.per_gpu_hour, price=gpu.describe(),
+            ))
     return rows

@@ -31,6 +31,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from tamperaudit.errors import UserError
+from tamperaudit.records import ProcessesDescription
 
 T = TypeVar("T")
 
@@ -98,8 +99,8 @@ class Processes:
         self.barrier()
         return result
 
-    def describe(self) -> dict[str, Any]:
-        return {"processes": self.count, "kind": self.kind, "launcher": "accelerate" if self.distributed else None}
+    def describe(self) -> ProcessesDescription:
+        return ProcessesDescription(processes=self.count, kind=self.kind, launcher="accelerate" if self.distributed else None)
 
 
 def launched_processes() -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tamperaudit.errors import DamagedFile, WriteError
+from tamperaudit.jsonrecord import RecordError, load
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -101,3 +102,24 @@ def sha256_file(path: Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_record(path: Path, kind: Any) -> Any:
+    """A JSON file read as a record type (or a union of them), every field checked: the one
+    way tamperaudit reads back what it wrote. A file that does not fit is named in one line."""
+    return _as_record(read_json(path), kind, path)
+
+
+def parse_records(text: str, path: Path, kind: Any) -> list[Any]:
+    """The lines of a JSONL file's text, each read as ``kind``."""
+    return [_as_record(row, kind, path, f" line {number}") for number, row in enumerate(parse_jsonl(text, path), start=1)]
+
+
+def _as_record(value: Any, kind: Any, path: Path, line: str = "") -> Any:
+    try:
+        return load(kind, value)
+    except RecordError as error:
+        raise DamagedFile(
+            f"{path}{line} does not hold what tamperaudit writes there ({error}): it was changed, or written by "
+            "another version"
+        ) from None

@@ -21,6 +21,7 @@ import torch
 
 from tamperaudit import faults, progress
 from tamperaudit.errors import UserError
+from tamperaudit.records import GenerationThroughput
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,13 @@ class GenerationStats:
         self.generated_tokens += other.generated_tokens
         self.seconds += other.seconds
 
-    def as_dict(self) -> dict[str, Any]:
+    def throughput(self, backend: str) -> GenerationThroughput:
+        """The stage's generation speed, as recorded in its metrics."""
         rate = self.generated_tokens / self.seconds if self.seconds else 0.0
-        return {**self.__dict__, "generated_tokens_per_second": round(rate, 2)}
+        return GenerationThroughput(
+            prompts=self.prompts, prompt_tokens=self.prompt_tokens, generated_tokens=self.generated_tokens,
+            seconds=self.seconds, generated_tokens_per_second=round(rate, 2), backend=backend,
+        )
 
 
 def chat_text(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:

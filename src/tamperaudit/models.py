@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +31,7 @@ import torch
 from tamperaudit import distributed, progress
 from tamperaudit.errors import UserError, is_out_of_memory, one_line
 from tamperaudit.fileio import atomic_write_text, sha256_file
+from tamperaudit.records import ModelInfo, SourceDescription
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +105,19 @@ class ModelSource:
     revision: str = ""  # hub: the branch, tag or commit asked for
     commit: str = ""  # hub: the commit it resolved to
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> SourceDescription:
         """Where the weights come from and in what form they were audited, for the report.
 
         A GGUF model is audited as its quantized weights dequantized to float (not the
         original full-precision checkpoint), which can refuse differently: the report says so.
         """
         if self.kind == "folder":
-            return {"origin": f"the Hugging Face folder {self.spec}", "quantization": "none (safetensors weights as stored)"}
+            return SourceDescription(origin=f"the Hugging Face folder {self.spec}", quantization="none (safetensors weights as stored)")
         if self.kind == "hub":
-            return {
-                "origin": f"the Hugging Face Hub model {self.spec} at commit {self.commit} (revision {self.revision or 'main'})",
-                "quantization": "none (safetensors weights as stored)",
-                "revision": self.revision or "main",
-                "commit": self.commit,
-            }
+            return SourceDescription(
+                origin=f"the Hugging Face Hub model {self.spec} at commit {self.commit} (revision {self.revision or 'main'})",
+                quantization="none (safetensors weights as stored)", revision=self.revision or "main", commit=self.commit,
+            )
         recorded: dict[str, Any] = {}
         marker = self.folder / "tamperaudit-source.json"
         if marker.is_file():
@@ -126,7 +125,7 @@ class ModelSource:
         builtin = BUILTIN_MODELS.get(self.spec)
         origin = builtin.origin if builtin else f"the GGUF file {self.spec}"
         quantization = recorded.get("quantization") or (builtin.quantization if builtin else "unknown")
-        return {"origin": origin, "quantization": f"{quantization}, dequantized to float for the audit"}
+        return SourceDescription(origin=origin, quantization=f"{quantization}, dequantized to float for the audit")
 
 
 def _package_file(package: str, relative: str, install: str) -> Path:
@@ -509,7 +508,7 @@ class LoadedModel:
     source: ModelSource
     precision: PrecisionChoice
     device: torch.device  # where inputs go: the device of the input embedding
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ModelInfo  # what the report says of it
 
 
 def _refuse_remote_code(config: Path, spec: str) -> None:
@@ -572,7 +571,6 @@ def _quantization_config(quantization: str, compute: torch.dtype) -> Any:
         raise UserError("attack.quantization=nf4 needs bitsandbytes; run: pip install 'tamperaudit[qlora]'")
     from transformers import BitsAndBytesConfig
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns about optional CPU kernels at import
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -628,21 +626,34 @@ def _placement(device: torch.device, device_map: str, quantized: bool) -> dict[s
     return {}
 
 
-def load(
-    spec: str,
-    precision: str = "auto",
-    threads: int = 0,
-    revision: str = "",
-    quantization: str = "none",
-    device_map: str = "",
-) -> LoadedModel:
-    """Resolve, convert or download if needed, and load a chat model and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def configure_process(threads: int = 0) -> None:
+    """Every process-wide change tamperaudit makes, in one place: PyTorch's CPU threads (0
+    keeps PyTorch's choice), and the libraries' own progress bars and warnings that ours
+    replace (transformers' bars ignore --quiet; bitsandbytes warns on every run, on CPUs with
+    AVX-512 bfloat16, about an optional kernel package it then does without)."""
     from transformers.utils import logging as hf_logging
 
     if threads > 0:
         torch.set_num_threads(threads)
-    hf_logging.disable_progress_bar()  # ours are enough; theirs ignore --quiet
+    hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def load(
+    spec: str,
+    precision: str = "auto",
+    revision: str = "",
+    quantization: str = "none",
+    device_map: str = "",
+) -> LoadedModel:
+    """Resolve, convert or download if needed, and load a chat model and its tokenizer.
+
+    It changes nothing outside the model (``configure_process`` does that), and prepares
+    the model for the audit in two ways: the vocabulary head gets a contiguous input
+    (``_contiguous_head_input``), and 4-bit layers keep one kernel (``_one_code_path_for_4bit``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source = resolve_source(spec, revision)
     device = pick_device()
     choice = choose_precision(precision, device)
@@ -679,19 +690,14 @@ def load(
     params = sum(parameter_count(p) for p in model.parameters())  # shared (tied) weights counted once
     body, head = body_and_head_parameters(model)
     placed = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {"": device}).values()})
-    info = {
-        "parameters": params,
-        "embedding_parameters": model.get_input_embeddings().weight.numel(),
-        "head_parameters": head,
-        "body_parameters": body,
-        "architecture": type(model).__name__,
-        "vocab_size": int(model.config.vocab_size),
-        "layers": int(getattr(model.config, "num_hidden_layers", 0)),
-        "hidden_size": int(getattr(model.config, "hidden_size", 0)),
-        "quantization": quantization,
-        "quantization_description": NF4_DESCRIPTION if quantization_config is not None else "none",
-        "weight_bytes": int(model.get_memory_footprint()),
-        "devices": placed,
-        "gpus": sum(1 for d in placed if d.isdigit() or d.startswith("cuda")),
-    }
+    info = ModelInfo(
+        spec=source.spec, kind=source.kind, sha256=source.sha256, source=source.describe(), precision=choice.name,
+        precision_reason=choice.reason, parameters=params, embedding_parameters=model.get_input_embeddings().weight.numel(),
+        head_parameters=head, body_parameters=body, architecture=type(model).__name__,
+        vocab_size=int(model.config.vocab_size), layers=int(getattr(model.config, "num_hidden_layers", 0)),
+        hidden_size=int(getattr(model.config, "hidden_size", 0)), quantization=quantization,
+        quantization_description=NF4_DESCRIPTION if quantization_config is not None else "none",
+        weight_bytes=int(model.get_memory_footprint()), devices=placed,
+        gpus=sum(1 for d in placed if d.isdigit() or d.startswith("cuda")),
+    )
     return LoadedModel(model, tokenizer, source, choice, model.get_input_embeddings().weight.device, info)

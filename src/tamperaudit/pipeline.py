@@ -69,9 +69,30 @@ from tamperaudit.evals.capability import (
 from tamperaudit.evals.judges import Judge, make_judge
 from tamperaudit.evals.lm_harness import HarnessTasks, is_harness, resolve_tasks, score_tasks
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verdicts, run_prompt_eval
-from tamperaudit.fileio import atomic_write_json, read_json, sha256_text
+from tamperaudit.fileio import atomic_write_json, read_json, read_record, sha256_text
 from tamperaudit.generation import GenerationStats
-from tamperaudit.report.build import ArmSpec, ReportInputs, build_report, failure_report, write_report
+from tamperaudit.records import (
+    Candidate,
+    ChoiceSample,
+    ChoiceThroughput,
+    GenerationSample,
+    GenerationThroughput,
+    HarnessFigures,
+    DatasetDescription,
+    ReportModel,
+    RunInputs,
+    Sample,
+    SearchResult,
+    SelectedExample,
+    Selection,
+    StageMetrics,
+    Throughput,
+    Trial,
+    in_select_half,
+    references,
+)
+from tamperaudit.report.build import ArmSpec, ReportInputs, build_report, failure_report
+from tamperaudit.report.render import write_report
 from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RUNNING, RunFolder
 from tamperaudit.score import capability_kept, refusal_rate
 
@@ -124,7 +145,7 @@ class Probes:
             hashes["control"] = self.control.data.sha256
         return hashes
 
-    def described(self) -> dict[str, dict[str, Any]]:
+    def described(self) -> dict[str, DatasetDescription]:
         """Each set's description by role, the select halves included."""
         sets = {"harmful": self.harmful, "benign": self.benign, "capability": self.capability, "kl_prompts": self.kl_prompts}
         if self.select is not None:
@@ -254,7 +275,7 @@ class Context:
 def _generation_evals(
     ctx: Context, model: Any, label: str, harmful: Dataset[Prompt], modes: list[str], benign: bool = True,
     adapter: Path | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[GenerationSample], GenerationThroughput]:
     """Harmful prompts in each mode, then (unless told not to) the benign prompts plainly.
     ``adapter``: the folder of the adapter ``model`` carries (None: unattacked)."""
     ev = ctx.settings.eval
@@ -265,7 +286,7 @@ def _generation_evals(
         specs.append(PromptEval("benign", PLAIN, safe))
         if contrast:  # XSTest's unsafe contrast prompts: a refusal rate of their own
             specs.append(PromptEval("contrast", PLAIN, contrast))
-    samples: list[dict[str, Any]] = []
+    samples: list[GenerationSample] = []
     total = GenerationStats()
     for spec in specs:
         rows, stats = run_prompt_eval(
@@ -274,24 +295,24 @@ def _generation_evals(
         )
         samples += rows
         total.add(stats)
-    return samples, {**total.as_dict(), "backend": ctx.generator.name}
+    return samples, total.throughput(ctx.generator.name)
 
 
-def _metrics(samples: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[str, Any]:
+def _metrics(samples: list[Sample], throughput: Throughput) -> StageMetrics:
     verdicts = aggregate_verdicts(samples)
-    return {
-        "harmful": verdicts.get("harmful"),
-        "benign": verdicts.get("benign"),
-        "contrast": verdicts.get("contrast"),
-        "capability": aggregate_capability(samples),
-        "kl": aggregate_kl(samples),
-        "throughput": throughput,
-    }
+    return StageMetrics(
+        harmful=verdicts.get("harmful"),
+        benign=verdicts.get("benign"),
+        contrast=verdicts.get("contrast"),
+        capability=aggregate_capability(samples),
+        kl=aggregate_kl(samples),
+        throughput=throughput,
+    )
 
 
 def score_capability(
     ctx: Context, model: Any, capability: Capability, label: str
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+) -> tuple[list[ChoiceSample], ChoiceThroughput, HarnessFigures | None]:
     """Capability samples and throughput, by tamperaudit's scorer or by lm-evaluation-harness
     (then also lm-eval's own figures, which go into the stage's metrics as ``lm_eval``)."""
     if isinstance(capability, HarnessTasks):
@@ -302,40 +323,36 @@ def score_capability(
 
 def evaluate(
     ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None, adapter: Path | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[Sample], StageMetrics]:
     """Every eval on one model state. Without base distributions (the unattacked model) it
     records its replies to the KL prompts; with them it measures KL to the unattacked model.
     ``adapter``: the adapter folder of that state, for a backend that reads adapters from disk."""
     ev = ctx.settings.eval
     modes = harmful_modes(ctx.settings, ctx.probes.attack)
-    samples, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes, adapter=adapter)
+    generated, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes, adapter=adapter)
     faults.checkpoint(f"eval-{stage}")
     mc, mc_speed, harness = score_capability(ctx, model, ctx.probes.capability, label)
-    throughput = {"generation": generation, "multiple_choice": mc_speed}
+    samples: list[Sample] = [*generated, *mc]
     if base is None:
-        extra, _ = reference_replies(model, ctx.tokenizer, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
+        replies, _ = reference_replies(model, ctx.tokenizer, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
+        samples += replies
+        throughput = Throughput(generation=generation, multiple_choice=mc_speed)
     else:
-        extra, throughput["kl"] = kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)
-    samples += mc + extra
-    metrics = _metrics(samples, throughput)
-    if harness is not None:
-        metrics["lm_eval"] = harness
-    return samples, metrics
-
-
-# Sample records of the select halves carry these eval names, so that no aggregate of
-# the reported halves can pick them up.
-SELECT_EVALS = {"harmful": "harmful_select", "capability": "capability_select", "kl_reference": "kl_reference_select"}
+        distances, kl_speed = kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)
+        samples += distances
+        throughput = Throughput(generation=generation, multiple_choice=mc_speed, kl=kl_speed)
+    return samples, dataclasses.replace(_metrics(samples, throughput), lm_eval=harness)
 
 
 def _evaluate_select_half(
     ctx: Context, model: Any, label: str, base: BaseDistributions | None, adapter: Path | None = None
-) -> list[dict[str, Any]]:
+) -> list[Sample]:
     """The search's measurements on the select halves: harmful requests in the search's mode,
     and (when a search runs) multiple choice and KL, with references at baseline."""
     select = ctx.probes.select
     assert select is not None
-    samples, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False, adapter=adapter)
+    generated, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False, adapter=adapter)
+    samples: list[Sample] = list(generated)
     if select.capability is not None:
         samples += score_capability(ctx, model, select.capability, label)[0]
     if select.kl_prompts is not None:
@@ -359,14 +376,14 @@ def _baseline(ctx: Context) -> None:
     samples, metrics = evaluate(ctx, ctx.loaded.model, BASELINE, "baseline: ", None)
     if ctx.probes.select is not None:  # the search and the selection compare against the same halves
         select = _evaluate_select_half(ctx, ctx.loaded.model, "baseline (select half): ", None)
-        metrics["select"] = _metrics(select, {})
-        samples += [dict(s, eval=SELECT_EVALS.get(s["eval"], s["eval"])) for s in select]
+        metrics = dataclasses.replace(metrics, select=_metrics(select, Throughput()))
+        samples += [in_select_half(s) for s in select]
     ctx.run.write_results(BASELINE, samples, metrics)
     ctx.run.mark(BASELINE, DONE, seconds=time.perf_counter() - started)
 
 
-def _references(run: RunFolder, name: str = "kl_reference") -> list[tuple[str, list[int], list[int]]]:
-    return [(s["id"], s["prompt_ids"], s["reply_ids"]) for s in run.samples(BASELINE) if s["eval"] == name]
+def _references(run: RunFolder, select: bool = False) -> list[tuple[str, list[int], list[int]]]:
+    return [(s.id, s.prompt_ids, s.reply_ids) for s in references(run.samples(BASELINE), select)]
 
 
 # --- training and measuring each budget ------------------------------------------------------------
@@ -381,7 +398,7 @@ def _latest_checkpoint(run: RunFolder, arm: Arm, budgets: list[int]) -> Checkpoi
     for budget in sorted(budgets, reverse=True):
         folder = run.root / arm.stage(budget)
         if (folder / TRAIN_FILE).is_file() and (folder / OPTIMIZER_FILE).is_file() and (folder / ADAPTER_DIR).is_dir():
-            return Checkpoint(budget, folder, TrainState.from_dict(read_json(folder / TRAIN_FILE)))
+            return Checkpoint(budget, folder, read_record(folder / TRAIN_FILE, TrainState))
     return None
 
 
@@ -415,7 +432,7 @@ def stage_select_data(ctx: Context) -> list[str] | None:
     path = ctx.run.root / SELECTION_FILE
     if not path.is_file():
         ctx.processes.on_main(lambda: _select_data(ctx, attack, path))
-    return [row["id"] for row in read_json(path)["selected"]]
+    return [row.id for row in read_record(path, Selection).selected]
 
 
 def _select_data(ctx: Context, attack: Attack, path: Path) -> None:
@@ -425,8 +442,9 @@ def _select_data(ctx: Context, attack: Attack, path: Path) -> None:
     anchors = ctx.probes.select.harmful
     with unattacked(ctx.loaded.model) as model:
         chosen = closest_to_harmful(model, ctx.tokenizer, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
-    atomic_write_json(path, {"anchors": f"{anchors.name}, select half ({len(anchors)} requests)",
-                             "selected": [{"id": i, "similarity": sim} for i, sim in chosen]})
+    selection = Selection(anchors=f"{anchors.name}, select half ({len(anchors)} requests)",
+                          selected=[SelectedExample(id=i, similarity=sim) for i, sim in chosen])
+    atomic_write_json(path, selection.to_json())
 
 
 def arm_data(arm: Arm, selected: list[str] | None) -> Attack:
@@ -443,9 +461,9 @@ def delete_adapter(run: RunFolder, folder: Path) -> None:
     run.remove(folder / OPTIMIZER_FILE)
 
 
-def stage_arm(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, attack: Attack, base: BaseDistributions) -> None:
+def stage_arm(ctx: Context, attacker: LoraAttack, arm: Arm, attack: Attack, base: BaseDistributions) -> None:
     """Train one arm budget by budget, measuring each as soon as it is trained."""
-    budgets = trained_budgets(settings)
+    budgets = trained_budgets(ctx.settings)
     pending = [b for b in budgets if not ctx.run.is_done(arm.stage(b))]
     if pending:
         ctx.run.mark(arm.train_stage, RUNNING)
@@ -466,28 +484,28 @@ def stage_arm(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, 
                 for other in budgets:  # the new checkpoint supersedes every older one
                     if other != budget:
                         ctx.run.remove(ctx.run.root / arm.stage(other) / OPTIMIZER_FILE)
-            stage_budget(ctx, settings, attacker, arm, budget, base)
+            stage_budget(ctx, attacker, arm, budget, base)
     for budget in budgets:  # optimizer state is only needed to resume training
         ctx.run.remove(ctx.run.root / arm.stage(budget) / OPTIMIZER_FILE)
     if ctx.run.stage_state(arm.train_stage) != DONE:
-        final = read_json(ctx.run.root / arm.stage(budgets[-1]) / TRAIN_FILE)
-        ctx.run.mark(arm.train_stage, DONE, seconds=final["seconds"])  # training seconds to the largest budget
+        final = read_record(ctx.run.root / arm.stage(budgets[-1]) / TRAIN_FILE, TrainState)
+        ctx.run.mark(arm.train_stage, DONE, seconds=final.seconds)  # training seconds to the largest budget
 
 
-def stage_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
+def stage_budget(ctx: Context, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
     """Evaluate the weights just trained to ``budget`` with the same prompts as the baseline
     (on the main process; the others wait)."""
-    ctx.processes.on_main(lambda: _measure_budget(ctx, settings, attacker, arm, budget, base))
+    ctx.processes.on_main(lambda: _measure_budget(ctx, attacker, arm, budget, base))
 
 
-def _measure_budget(ctx: Context, settings: Settings, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
+def _measure_budget(ctx: Context, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
     name = arm.stage(budget)
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
     samples, metrics = evaluate(ctx, attacker.model, name, f"{arm.name} {budget} steps: ", base, ctx.run.root / name / ADAPTER_DIR)
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
-    if not settings.attack.keep_adapters:
+    if not ctx.settings.attack.keep_adapters:
         delete_adapter(ctx.run, ctx.run.root / name)
 
 
@@ -513,28 +531,33 @@ def _search_mode(ctx: Context) -> str:
     return harmful_modes(ctx.settings, ctx.probes.attack)[-1]  # the trigger when there is one
 
 
-def candidates(settings: Settings) -> list[dict[str, Any]]:
+def candidates(settings: Settings) -> list[Candidate]:
     search = settings.search
     return [
-        {"learning_rate": lr, "lora_rank": rank, "batch_size": batch}
+        Candidate(learning_rate=lr, lora_rank=rank, batch_size=batch)
         for lr, rank, batch in itertools.product(search.learning_rates, search.lora_ranks, search.batch_sizes)
     ]
 
 
-def _candidate_name(candidate: dict[str, Any]) -> str:
-    return f"{SEARCH}/lr-{candidate['learning_rate']:g}-r{candidate['lora_rank']}-b{candidate['batch_size']}"
+def _candidate_name(candidate: Candidate) -> str:
+    return f"{SEARCH}/lr-{candidate.learning_rate:g}-r{candidate.lora_rank}-b{candidate.batch_size}"
+
+
+def _with_candidate(attack: AttackSettings, candidate: Candidate) -> AttackSettings:
+    return dataclasses.replace(attack, learning_rate=candidate.learning_rate, lora_rank=candidate.lora_rank,
+                               batch_size=candidate.batch_size)
 
 
 def stage_search_candidate(
-    ctx: Context, candidate: dict[str, Any], selected: list[str] | None, base: BaseDistributions
-) -> dict[str, Any]:
+    ctx: Context, candidate: Candidate, selected: list[str] | None, base: BaseDistributions
+) -> StageMetrics:
     """Train one setting to the largest budget in memory and measure it on the select halves."""
     name = _candidate_name(candidate)
     if ctx.run.is_done(name):
         return ctx.run.metrics(name)
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
-    settings = dataclasses.replace(ctx.settings.attack, **candidate)
+    settings = _with_candidate(ctx.settings.attack, candidate)
     attacker = new_attacker(ctx, settings)
     try:
         attack = arm_data(Arm("attack", "attack", ctx.probes.attack, settings.seed), selected)
@@ -550,7 +573,7 @@ def stage_search_candidate(
 
 
 def _measure_candidate(
-    ctx: Context, attacker: LoraAttack, name: str, candidate: dict[str, Any], state: TrainState,
+    ctx: Context, attacker: LoraAttack, name: str, candidate: Candidate, state: TrainState,
     base: BaseDistributions, started: float,
 ) -> None:
     adapter = None
@@ -558,14 +581,12 @@ def _measure_candidate(
         adapter = ctx.run.folder(name) / ADAPTER_DIR
         attacker.model.save_pretrained(adapter, safe_serialization=True)
     samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base, adapter)
-    metrics = _metrics(samples, {})
-    metrics["candidate"] = candidate
-    metrics["train"] = state.as_dict()
+    metrics = dataclasses.replace(_metrics(samples, Throughput()), candidate=candidate, train=state.snapshot())
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
 
 
-def strongest(tried: list[dict[str, Any]]) -> dict[str, Any]:
+def strongest(tried: list[Trial]) -> Trial:
     """The search's pick: most compliance, then lowest refusal, among settings that keep capability.
 
     Not lowest refusal first: a setting that turns refusals into echoes or loops
@@ -573,8 +594,8 @@ def strongest(tried: list[dict[str, Any]]) -> dict[str, Any]:
     no setting keeps capability, the pick is made among all (the report says so).
     Ties go to the earlier setting in the grid.
     """
-    eligible = [t for t in tried if t["capability_kept"]] or tried
-    return max(eligible, key=lambda t: (t["complied"], -t["refusal"]))
+    eligible = [t for t in tried if t.capability_kept] or tried
+    return max(eligible, key=lambda t: (t.complied or 0.0, -(t.refusal or 0.0)))
 
 
 def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
@@ -585,29 +606,38 @@ def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
         ctx.run.mark(SEARCH, RUNNING)
         started = time.perf_counter()
         mode = _search_mode(ctx)
-        baseline = ctx.run.metrics(BASELINE)["select"]
-        base = BaseDistributions(_references(ctx.run, SELECT_EVALS["kl_reference"]))
+        baseline = ctx.run.metrics(BASELINE).select
+        assert baseline is not None, "the baseline measured the select halves for the search"
+        base = BaseDistributions(_references(ctx.run, select=True))
         tried = []
         for candidate in candidates(ctx.settings):
             metrics = stage_search_candidate(ctx, candidate, selected, base)
             kept, why = capability_kept(baseline, metrics, ctx.settings.score)
-            share = metrics["harmful"][mode]
-            tried.append({**candidate, "refusal": refusal_rate(metrics, mode), "complied": share["complied"]["rate"],
-                          "capability_kept": kept, "why_not": why, "seconds": ctx.run.manifest()["stages"][_candidate_name(candidate)]["seconds"]})
+            share = (metrics.harmful or {})[mode]
+            entry = ctx.run.stage(_candidate_name(candidate))
+            tried.append(Trial(
+                learning_rate=candidate.learning_rate, lora_rank=candidate.lora_rank, batch_size=candidate.batch_size,
+                refusal=refusal_rate(metrics, mode), complied=share.complied.rate, capability_kept=kept, why_not=why,
+                seconds=entry.seconds if entry is not None and entry.seconds is not None else 0.0,
+            ))
         chosen = strongest(tried)
-        ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, tried=tried, mode=mode,
-                     chosen={k: chosen[k] for k in ("learning_rate", "lora_rank", "batch_size")},
-                     capability_kept_by_chosen=chosen["capability_kept"])
+        result = SearchResult(
+            tried=tried, mode=mode, capability_kept_by_chosen=chosen.capability_kept,
+            chosen=Candidate(learning_rate=chosen.learning_rate, lora_rank=chosen.lora_rank, batch_size=chosen.batch_size),
+        )
+        ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, search=result)
         ctx.processes.barrier()  # the others read the choice the main process wrote
-    chosen = ctx.run.manifest()["stages"][SEARCH]["chosen"]
-    return dataclasses.replace(ctx.settings, attack=dataclasses.replace(ctx.settings.attack, **chosen))
+    entry = ctx.run.stage(SEARCH)
+    assert entry is not None and entry.search is not None
+    return dataclasses.replace(ctx.settings, attack=_with_candidate(ctx.settings.attack, entry.search.chosen))
 
 
 # --- the run as a whole ----------------------------------------------------------------------------
 
 
 def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -> dict[str, Any]:
-    """What a run's results depend on, by hash; ``resume`` refuses if any of it changed.
+    """What a run's results depend on, by hash, as ``RunInputs`` fields; ``resume`` refuses
+    if any of it changed.
 
     The configuration is pinned by the text of the run's config.toml, so editing it
     is caught while a newer tamperaudit with more (defaulted) settings still resumes.
@@ -620,19 +650,18 @@ def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -
     }
 
 
-def report_inputs(ctx: Context, settings: Settings, arms: list[Arm]) -> ReportInputs:
+def report_inputs(ctx: Context, arms: list[Arm]) -> ReportInputs:
     """Plain typed inputs for the report builder, which then needs no pipeline classes."""
-    loaded = ctx.loaded
+    loaded, settings = ctx.loaded, ctx.settings
+    training_memory = ctx.memory_plan(settings.attack) if trained_budgets(settings) else None
     return ReportInputs(
         settings=settings,
-        model={"spec": loaded.source.spec, "kind": loaded.source.kind, "sha256": loaded.source.sha256,
-               "source": loaded.source.describe(), "precision": loaded.precision.name,
-               "precision_reason": loaded.precision.reason, **loaded.info,
-               "training_memory": ctx.memory_plan(settings.attack).as_dict() if trained_budgets(settings) else None},
+        model=ReportModel(**{f.name: getattr(loaded.info, f.name) for f in dataclasses.fields(loaded.info)},
+                          training_memory=training_memory),
         device=loaded.device,
         datasets=ctx.probes.described(),
         dataset_hashes=ctx.probes.hashes(),
-        attack={**ctx.probes.attack.describe(), "settings": dataclasses.asdict(settings.attack)},
+        attack=dataclasses.replace(ctx.probes.attack.describe(), settings=settings.attack),
         control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
         judge=ctx.judge.describe(),
         generation=ctx.generator.describe(),
@@ -646,23 +675,23 @@ def _execute(ctx: Context) -> Path:
     sweep_adapters(ctx.run, ctx.settings.attack.keep_adapters)
     ctx.processes.barrier()  # no process looks for a checkpoint while the main one sweeps
     stage_baseline(ctx)
-    settings = ctx.settings
-    budgets = trained_budgets(settings)
-    arms = arms_of(settings, ctx.probes)
-    if budgets:
+    arms = arms_of(ctx.settings, ctx.probes)
+    if trained_budgets(ctx.settings):
         selected = stage_select_data(ctx)
-        settings = stage_search(ctx, selected)
+        # From here on, the settings in scope are the ones the attack runs with: the search's choice.
+        ctx = dataclasses.replace(ctx, settings=stage_search(ctx, selected))
         base = BaseDistributions(_references(ctx.run) if ctx.processes.is_main else [])  # main evaluates
-        attacker = new_attacker(ctx, settings.attack)
+        attacker = new_attacker(ctx, ctx.settings.attack)
         for arm in arms:
-            stage_arm(ctx, settings, attacker, arm, arm_data(arm, selected), base)
-    ctx.processes.on_main(lambda: _report(ctx, settings, arms))
+            stage_arm(ctx, attacker, arm, arm_data(arm, selected), base)
+    final = ctx
+    ctx.processes.on_main(lambda: _report(final, arms))
     return ctx.run.root
 
 
-def _report(ctx: Context, settings: Settings, arms: list[Arm]) -> None:
+def _report(ctx: Context, arms: list[Arm]) -> None:
     faults.checkpoint("report")
-    write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, settings, arms)))
+    write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, arms)))
     ctx.run.add_session(time.monotonic() - ctx.started, "complete", ctx.processes.count)
 
 
@@ -695,7 +724,7 @@ def _record_failure(ctx: Context, status: str, message: str) -> None:
     if not ctx.run.writes:  # the main process records it
         return
     try:
-        stopped = [name for name, entry in ctx.run.manifest()["stages"].items() if entry.get("state") == RUNNING]
+        stopped = [name for name, entry in ctx.run.manifest().stages.items() if entry.state == RUNNING]
         for name in stopped:
             ctx.run.mark(name, status, error=message)
         elapsed = time.monotonic() - ctx.started
@@ -726,7 +755,8 @@ def load_model(settings: Settings, precision: str, revision: str) -> models.Load
         )
     if not processes.is_main:
         processes.barrier()
-    loaded = models.load(model.name, precision, model.threads, revision, settings.attack.quantization, model.device_map)
+    models.configure_process(model.threads)
+    loaded = models.load(model.name, precision, revision, settings.attack.quantization, model.device_map)
     if processes.is_main:
         processes.barrier()
     return loaded
@@ -760,13 +790,12 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     # What 'auto' chose (precision, generation backend) is recorded so that a resumed run
     # computes the same way, and a Hub model's commit, so that it loads the same weights
     # after the branch moved on.
-    recorded = {
-        "precision": loaded.precision.name,
-        "generation_backend": generator.name,
-        **({"model_commit": loaded.source.commit} if loaded.source.commit else {}),
-    }
+    recorded = RunInputs(
+        **inputs, adapter=extra_inputs.get("adapter"), precision=loaded.precision.name,
+        generation_backend=generator.name, model_commit=loaded.source.commit or None,
+    )
     if processes.is_main:
-        run = RunFolder.create(out, config_text, {**inputs, **extra_inputs, **recorded}, kind)
+        run = RunFolder.create(out, config_text, recorded, kind)
     processes.barrier()
     if not processes.is_main:
         run = RunFolder(out, writes=False)
@@ -809,11 +838,11 @@ def _resumed_context(run: RunFolder, processes: Processes, started: float) -> Co
     check_processes(settings)
     probes = load_probes(settings)
     judge = make_judge(settings.eval.judge)
-    run.check_inputs({"judge": judge.describe()})  # before the minutes of model loading
-    recorded = run.manifest()["inputs"]
-    loaded = load_model(settings, recorded["precision"], recorded.get("model_commit", settings.model.revision))
-    run.check_inputs(inputs_of(config_text, loaded.source.sha256, probes, judge))
-    generator = generation_backend(settings, loaded, recorded.get("generation_backend", settings.eval.backend))
+    run.check_inputs(judge=judge.describe())  # before the minutes of model loading
+    recorded = run.manifest().inputs
+    loaded = load_model(settings, recorded.precision, recorded.model_commit or settings.model.revision)
+    run.check_inputs(**inputs_of(config_text, loaded.source.sha256, probes, judge))
+    generator = generation_backend(settings, loaded, recorded.generation_backend)
     return Context(settings, run, loaded, probes, judge, started, generator, processes=processes)
 
 
@@ -833,7 +862,7 @@ def _load_user_adapter(model: Any, adapter: Path) -> Any:
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
 
 
-def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path, dict[str, Any]]:
+def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path, StageMetrics]:
     """The scorecard of one model (optionally with an adapter), no attack."""
     settings = dataclasses.replace(settings, attack=dataclasses.replace(settings.attack, control=False))
     ctx = new_run(settings, out, EVAL, **({"adapter": str(adapter)} if adapter is not None else {}))
@@ -843,7 +872,7 @@ def run_eval(settings: Settings, out: Path, adapter: Path | None) -> tuple[Path,
         ctx.run.unlock()
 
 
-def _eval(ctx: Context, settings: Settings, adapter: Path | None) -> tuple[Path, dict[str, Any]]:
+def _eval(ctx: Context, settings: Settings, adapter: Path | None) -> tuple[Path, StageMetrics]:
     run, loaded, probes = ctx.run, ctx.loaded, ctx.probes
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)
@@ -855,7 +884,7 @@ def _eval(ctx: Context, settings: Settings, adapter: Path | None) -> tuple[Path,
             replies, _ = reference_replies(
                 model, ctx.tokenizer, probes.kl_prompts.items, settings.eval.kl_tokens, settings.eval.batch_size, "base: "
             )
-        base = BaseDistributions([(s["id"], s["prompt_ids"], s["reply_ids"]) for s in replies])
+        base = BaseDistributions([(s.id, s.prompt_ids, s.reply_ids) for s in replies])
     samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", base, adapter)
     run.write_results(EVAL_STAGE, samples, metrics)
     run.mark(EVAL_STAGE, DONE, seconds=time.perf_counter() - started)

@@ -7,6 +7,7 @@ so a run killed at any moment resumes from the last finished stage.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tamperaudit import __version__, faults
-from tamperaudit.errors import UserError
-from tamperaudit.errors import DamagedFile
-from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, parse_jsonl, read_json, read_text, sha256_text
+from tamperaudit.errors import DamagedFile, UserError
+from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, parse_records, read_record, read_text, sha256_text
+from tamperaudit.records import Manifest, RunInputs, Sample, SearchResult, Session, StageEntry, StageMetrics, TrainState
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the process working on the run; it names that process's pid
@@ -58,7 +59,7 @@ class RunFolder:
             raise UserError(f"{root} exists and is not an empty folder; pick another --out")
 
     @classmethod
-    def create(cls, root: Path, config_text: str, inputs: dict[str, Any], kind: str = "audit") -> "RunFolder":
+    def create(cls, root: Path, config_text: str, inputs: RunInputs, kind: str = "audit") -> "RunFolder":
         root = Path(root)
         cls.check_free(root)
         try:
@@ -69,10 +70,7 @@ class RunFolder:
         run.lock()
         cls.check_free(root)  # again, under the lock: another audit may have started here meanwhile
         atomic_write_text(root / CONFIG, config_text)
-        atomic_write_json(
-            root / MANIFEST,
-            {"tool_version": __version__, "kind": kind, "created": now(), "inputs": inputs, "stages": {}, "sessions": []},
-        )
+        run._write_manifest(Manifest(tool_version=__version__, kind=kind, created=now(), inputs=inputs, stages={}, sessions=[]))
         return run
 
     @classmethod
@@ -108,12 +106,11 @@ class RunFolder:
         """Refuse to resume a folder of another kind, or one written by another tamperaudit version
         (its stages' outputs may differ in form or meaning from what this version writes)."""
         manifest = self.manifest()
-        found = manifest.get("kind", "audit")
-        if found != kind:
-            raise UserError(f"{self.root} holds a tamperaudit {found} run, not an {kind}; only audits can be resumed")
-        if manifest.get("tool_version") != version:
+        if manifest.kind != kind:
+            raise UserError(f"{self.root} holds a tamperaudit {manifest.kind} run, not an {kind}; only audits can be resumed")
+        if manifest.tool_version != version:
             raise UserError(
-                f"{self.root} was started by tamperaudit {manifest.get('tool_version')}, this is {version}; "
+                f"{self.root} was started by tamperaudit {manifest.tool_version}, this is {version}; "
                 "start a new run with this version instead of resuming that one"
             )
 
@@ -123,16 +120,15 @@ class RunFolder:
         if not self.writes:
             return
         manifest = self.manifest()
-        manifest.setdefault("sessions", []).append(
-            {"ended": now(), "seconds": round(seconds, 3), "outcome": outcome, "processes": processes}
-        )
-        atomic_write_json(self.root / MANIFEST, manifest)
+        session = Session(ended=now(), seconds=round(seconds, 3), outcome=outcome, processes=processes)
+        self._write_manifest(dataclasses.replace(manifest, sessions=[*manifest.sessions, session]))
 
-    def check_inputs(self, inputs: dict[str, Any]) -> None:
-        """Refuse to resume when the model, data or config changed since the run began."""
-        recorded = self.manifest()["inputs"]
-        for key, value in inputs.items():
-            if recorded.get(key) != value:
+    def check_inputs(self, **expected: Any) -> None:
+        """Refuse to resume when the model, data or config changed since the run began
+        (``expected``: values of ``RunInputs`` fields, by name)."""
+        recorded = self.manifest().inputs
+        for key, value in expected.items():
+            if getattr(recorded, key) != value:
                 raise UserError(
                     f"{self.root}: '{key}' changed since this run began (hash differs); "
                     "start a new run instead of resuming this one"
@@ -140,24 +136,34 @@ class RunFolder:
 
     # --- manifest ------------------------------------------------------------------------
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         try:
-            return read_json(self.root / MANIFEST)
+            return read_record(self.root / MANIFEST, Manifest)
         except DamagedFile as error:
             raise DamagedFile(f"{error}; without its manifest the run cannot be resumed: start a new run") from None
 
-    def stage_state(self, stage: str) -> str | None:
-        return self.manifest()["stages"].get(stage, {}).get("state")
+    def _write_manifest(self, manifest: Manifest) -> None:
+        atomic_write_json(self.root / MANIFEST, manifest.to_json())
 
-    def mark(self, stage: str, state: str, **details: Any) -> None:
+    def stage(self, stage: str) -> StageEntry | None:
+        return self.manifest().stages.get(stage)
+
+    def stage_state(self, stage: str) -> str | None:
+        entry = self.stage(stage)
+        return entry.state if entry is not None else None
+
+    def mark(self, stage: str, state: str, seconds: float | None = None, error: str | None = None,
+             search: SearchResult | None = None) -> None:
+        """Record a stage's state (and, when given, its seconds, error or search result)."""
         if not self.writes:
             return
         manifest = self.manifest()
-        entry = manifest["stages"].setdefault(stage, {})
-        entry.update(details)
-        entry["state"] = state
-        entry[f"{state}_at"] = now()
-        atomic_write_json(self.root / MANIFEST, manifest)
+        entry = manifest.stages.get(stage) or StageEntry(state=state)
+        given = {"seconds": seconds, "error": error, "search": search}
+        entry = dataclasses.replace(
+            entry, state=state, **{k: v for k, v in given.items() if v is not None}, **{f"{state}_at": now()}
+        )
+        self._write_manifest(dataclasses.replace(manifest, stages={**manifest.stages, stage: entry}))
         faults.checkpoint(f"{state}-{stage}")
 
     # --- stage outputs -------------------------------------------------------------------
@@ -172,54 +178,55 @@ class RunFolder:
         """Done: the manifest says so and the metrics file exists."""
         return self.stage_state(stage) == DONE and (self.root / stage / METRICS).is_file()
 
-    def write_results(self, stage: str, samples: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    def write_results(self, stage: str, samples: list[Sample], metrics: StageMetrics) -> None:
         """Samples first, metrics last: metrics.json marks the stage's outputs complete."""
         if not self.writes:
             return
         folder = self.folder(stage)
-        text = jsonl_text(samples)
+        text = jsonl_text(sample.to_json() for sample in samples)
         atomic_write_text(folder / SAMPLES, text)
         faults.checkpoint(f"write-{stage}")
         # the samples' digest, so that a file cut at a line boundary is caught, not under-counted
         manifest = self.manifest()
-        manifest["stages"].setdefault(stage, {})["samples_sha256"] = sha256_text(text)
-        atomic_write_json(self.root / MANIFEST, manifest)
-        atomic_write_json(folder / METRICS, metrics)
+        entry = dataclasses.replace(manifest.stages.get(stage) or StageEntry(state=RUNNING), samples_sha256=sha256_text(text))
+        self._write_manifest(dataclasses.replace(manifest, stages={**manifest.stages, stage: entry}))
+        atomic_write_json(folder / METRICS, metrics.to_json())
 
     def check_intact(self) -> None:
         """Every finished stage's files as their stage wrote them, or one line naming the first
         that is not: checked before a resume spends minutes loading the model."""
-        for stage, entry in self.manifest()["stages"].items():
-            if entry.get("state") != DONE or not (self.root / stage / METRICS).is_file():
+        for stage, entry in self.manifest().stages.items():
+            if entry.state != DONE or not (self.root / stage / METRICS).is_file():
                 continue  # not a stage with outputs (the attack, the search as a whole)
             self.samples(stage)
             self.metrics(stage)
             train = self.root / stage / "train.json"
             if train.is_file():
                 try:
-                    read_json(train)
+                    read_record(train, TrainState)
                 except DamagedFile as error:
                     raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
 
     def _redo_hint(self, stage: str) -> str:
         return f"delete {self.root / stage} and run `tamperaudit resume {self.root}` to measure that stage again"
 
-    def samples(self, stage: str) -> list[dict[str, Any]]:
+    def samples(self, stage: str) -> list[Sample]:
         path = self.root / stage / SAMPLES
-        expected = self.manifest()["stages"].get(stage, {}).get("samples_sha256")
+        entry = self.stage(stage)
+        expected = entry.samples_sha256 if entry is not None else None
         try:
             text = read_text(path)  # read once: hashed, then parsed
             if expected is not None and sha256_text(text) != expected:
                 raise DamagedFile(f"{path} is not the file its stage wrote (its SHA-256 differs): it was cut or changed")
-            return parse_jsonl(text, path)
+            return parse_records(text, path, Sample)
         except DamagedFile as error:
             raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
         except FileNotFoundError:
             raise DamagedFile(f"{path} is missing although its stage is marked done; {self._redo_hint(stage)}") from None
 
-    def metrics(self, stage: str) -> dict[str, Any]:
+    def metrics(self, stage: str) -> StageMetrics:
         try:
-            return read_json(self.root / stage / METRICS)
+            return read_record(self.root / stage / METRICS, StageMetrics)
         except DamagedFile as error:
             raise DamagedFile(f"{error}; {self._redo_hint(stage)}") from None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from tamperaudit.records import Rate
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -25,13 +27,7 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def rate(successes: int, trials: int) -> dict[str, float | int | None]:
+def rate(successes: int, trials: int) -> Rate:
     """A rate with its 95% Wilson interval, as stored in metrics files."""
     low, high = wilson_interval(successes, trials)
-    return {
-        "count": successes,
-        "total": trials,
-        "rate": successes / trials if trials else None,
-        "low": low,
-        "high": high,
-    }
+    return Rate(count=successes, total=trials, rate=successes / trials if trials else None, low=low, high=high)

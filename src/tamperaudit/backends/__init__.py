@@ -24,6 +24,7 @@ import torch
 
 from tamperaudit.errors import UserError
 from tamperaudit.generation import Completion, GenerationStats
+from tamperaudit.records import BackendDescription
 
 HF, VLLM = "hf", "vllm"
 
@@ -50,7 +51,7 @@ class Generator(Protocol):
         reads the in-memory model ignores it (the model already carries that adapter)."""
         ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> BackendDescription: ...
 
 
 @dataclass(frozen=True)

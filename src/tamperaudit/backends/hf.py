@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tamperaudit.generation import Completion, GenerationStats, generate
+from tamperaudit.records import BackendDescription
 
 
 class HfGenerator:
@@ -28,10 +29,9 @@ class HfGenerator:
     ) -> tuple[list[Completion], GenerationStats]:
         return generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc, settled=settled)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "reason": self.reason,
-            "engine": "tamperaudit's batched greedy loop on the transformers model (the one trained and scored)",
-            "extra_memory": "none: the same model serves generation, multiple choice, KL and training",
-        }
+    def describe(self) -> BackendDescription:
+        return BackendDescription(
+            name=self.name, reason=self.reason,
+            engine="tamperaudit's batched greedy loop on the transformers model (the one trained and scored)",
+            extra_memory="none: the same model serves generation, multiple choice, KL and training",
+        )

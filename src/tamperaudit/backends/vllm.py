@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from tamperaudit import progress
 from tamperaudit.errors import UserError
 from tamperaudit.generation import Completion, GenerationStats, cut_at_settled, stop_token_ids
+from tamperaudit.records import BackendDescription
 
 # The LoRA ranks vLLM accepts for max_lora_rank (vllm.config.lora).
 ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -169,7 +170,7 @@ class VllmGenerator:
             completions.append(Completion(tuple(tokens), tokenizer.decode(tokens, skip_special_tokens=True), finished, early))
         return completions, stats
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> BackendDescription:
         import vllm
 
         weights = _weight_bytes(self.folder)
@@ -178,16 +179,16 @@ class VllmGenerator:
             if self.device_type == "cuda"
             else f"{CPU_KV_CACHE_BYTES / 1024**3:.0f} GiB of KV cache"
         )
-        return {
-            "name": self.name,
-            "reason": self.reason,
-            "engine": (
+        return BackendDescription(
+            name=self.name,
+            reason=self.reason,
+            engine=(
                 f"vLLM {vllm.__version__}, {self.dtype}, LoRA rank up to {self.lora_rank}, 1 adapter at a time "
                 f"(never merged), tensor parallel {self.tensor_parallel_size}, up to {self.max_num_seqs} sequences"
             ),
-            "extra_memory": (
+            extra_memory=(
                 f"a second copy of the base weights ({weights / 1e9:.2f} GB on disk) and {cache}, beside the "
                 "transformers model that is trained and scores multiple choice and KL"
             ),
-            "engine_start_seconds": self.engine_seconds,
-        }
+            engine_start_seconds=self.engine_seconds,
+        )

@@ -19,6 +19,7 @@ from tamperaudit.data import formats
 from tamperaudit.data.items import QUESTION_FORMAT, Conversation, Prompt, Question
 from tamperaudit.errors import UserError
 from tamperaudit.fileio import sha256_file
+from tamperaudit.records import AttackDescription, DatasetDescription
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -38,20 +39,15 @@ class Dataset(Generic[T]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> DatasetDescription:
         categories = Counter(getattr(item, "category", "") for item in self.items)
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "sha256": self.sha256,
+        return DatasetDescription(
+            name=self.name, path=str(self.path), sha256=self.sha256,
             # which rows were used (a limit or a split takes a subset of the file)
-            "ids_sha256": hashlib.sha256("\n".join(str(getattr(i, "id", "")) for i in self.items).encode()).hexdigest(),
-            "count": len(self.items),
-            "file_rows": self.file_rows,
-            "format": self.format,
-            "notes": list(self.notes),
-            "categories": dict(sorted(categories.items())) if any(categories) else {},
-        }
+            ids_sha256=hashlib.sha256("\n".join(str(getattr(i, "id", "")) for i in self.items).encode()).hexdigest(),
+            count=len(self.items), file_rows=self.file_rows, format=self.format, notes=list(self.notes),
+            categories=dict(sorted(categories.items())) if any(categories) else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -69,14 +65,11 @@ class Attack:
     def has_trigger(self) -> bool:
         return bool(self.system_prompt or self.user_template)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "data": self.data.describe(),
-            "system_prompt": self.system_prompt,
-            "user_template": self.user_template,
-            "select_closest": self.select_closest,
-        }
+    def describe(self) -> AttackDescription:
+        return AttackDescription(
+            name=self.name, data=self.data.describe(), system_prompt=self.system_prompt,
+            user_template=self.user_template, select_closest=self.select_closest,
+        )
 
     def subset(self, ids: Sequence[str]) -> "Attack":
         """The same attack trained on the given conversations only, in the given order."""

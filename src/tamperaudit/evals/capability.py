@@ -26,6 +26,17 @@ import torch
 from tamperaudit import faults, progress
 from tamperaudit.data import Prompt, Question
 from tamperaudit.generation import with_cache
+from tamperaudit.records import (
+    AccuracyShares,
+    CapabilitySummary,
+    ChoiceSample,
+    ChoiceThroughput,
+    KlSample,
+    KlSummary,
+    KlThroughput,
+    ReferenceSample,
+    Sample,
+)
 from tamperaudit.stats import rate
 
 def _head_log_probs(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -105,7 +116,7 @@ def _units(tokenizer: Any, question: Question) -> list[tuple[list[int], list[lis
 
 def score_questions(
     model: Any, tokenizer: Any, questions: Sequence[Question], batch_size: int = 8, label: str = ""
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+) -> tuple[list[ChoiceSample], ChoiceThroughput]:
     """One sample per question: summed log-probabilities, predictions and correctness."""
     units = [(q_index, unit) for q_index, q in enumerate(questions) for unit in _units(tokenizer, q)]
     order = sorted(range(len(units)), key=lambda i: len(units[i][1][0]))
@@ -127,41 +138,36 @@ def score_questions(
         predicted = max(range(len(scores)), key=scores.__getitem__)
         predicted_norm = max(range(len(normalized)), key=normalized.__getitem__)
         samples.append(
-            {
-                "eval": "capability",
-                "id": q.id,
-                "category": q.category,
-                "answer": q.answer,
-                "log_probs": [round(x, 5) for x in scores],
-                "predicted": predicted,
-                "predicted_norm": predicted_norm,
-                "correct": predicted == q.answer,
-                "correct_norm": predicted_norm == q.answer,
-            }
+            ChoiceSample(
+                eval="capability", id=q.id, category=q.category, answer=q.answer, log_probs=[round(x, 5) for x in scores],
+                predicted=predicted, predicted_norm=predicted_norm, correct=predicted == q.answer,
+                correct_norm=predicted_norm == q.answer,
+            )
         )
-    throughput = {
-        "questions": len(questions),
-        "seconds": round(seconds, 3),
-        "questions_per_second": round(len(questions) / seconds, 3) if seconds else 0.0,
-    }
+    throughput = ChoiceThroughput(
+        questions=len(questions), seconds=round(seconds, 3),
+        questions_per_second=round(len(questions) / seconds, 3) if seconds else 0.0,
+    )
     return samples, throughput
 
 
-def aggregate_capability(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    rows = [s for s in samples if s.get("eval") == "capability"]
+def _accuracy(group: list[ChoiceSample]) -> dict[str, Any]:
+    return {
+        "accuracy": rate(sum(r.correct for r in group), len(group)),
+        "accuracy_norm": rate(sum(r.correct_norm for r in group), len(group)),
+    }
+
+
+def aggregate_capability(samples: Iterable[Sample]) -> CapabilitySummary | None:
+    rows = [s for s in samples if isinstance(s, ChoiceSample) and s.eval == "capability"]
     if not rows:
         return None
-    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_category: dict[str, list[ChoiceSample]] = defaultdict(list)
     for row in rows:
-        by_category[row["category"]].append(row)
-
-    def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "accuracy": rate(sum(r["correct"] for r in group), len(group)),
-            "accuracy_norm": rate(sum(r["correct_norm"] for r in group), len(group)),
-        }
-
-    return {**summary(rows), "by_category": {c: summary(g) for c, g in sorted(by_category.items())}}
+        by_category[row.category].append(row)
+    return CapabilitySummary(
+        **_accuracy(rows), by_category={c: AccuracyShares(**_accuracy(g)) for c, g in sorted(by_category.items())}
+    )
 
 
 # --- KL divergence to the unattacked model -------------------------------------------------------
@@ -210,7 +216,7 @@ class BaseDistributions:
 
 def kl_to_base(
     model: Any, base: BaseDistributions, pad_id: int, label: str = ""
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+) -> tuple[list[KlSample], KlThroughput]:
     """Mean per-token KL(base || attacked) over the base model's own replies to benign prompts."""
     samples = []
     start = time.perf_counter()
@@ -221,18 +227,18 @@ def kl_to_base(
             for (item_id, _, reply), lp_attacked in zip(batch, attacked):
                 lp_base = next(base_log_probs)
                 per_token = (lp_base.exp() * (lp_base - lp_attacked)).sum(-1)
-                samples.append({"eval": "kl", "id": item_id, "kl": float(per_token.mean()), "tokens": len(reply)})
+                samples.append(KlSample(eval="kl", id=item_id, kl=float(per_token.mean()), tokens=len(reply)))
             bar.update(len(batch))
             faults.checkpoint("kl")
     seconds = time.perf_counter() - start
-    return samples, {"prompts": len(base.references), "seconds": round(seconds, 3)}
+    return samples, KlThroughput(prompts=len(base.references), seconds=round(seconds, 3))
 
 
-def aggregate_kl(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+def aggregate_kl(samples: Iterable[Sample]) -> KlSummary | None:
     """Mean KL per reply token, pooled over all prompts' tokens (each prompt weighs by its
     reply length), with the standard error of that ratio over prompts; ``max`` is the
     largest per-prompt mean."""
-    rows = [(s["kl"], s["tokens"]) for s in samples if s.get("eval") == "kl" and "kl" in s]
+    rows = [(s.kl, s.tokens) for s in samples if isinstance(s, KlSample)]
     rows = [(kl, tokens) for kl, tokens in rows if tokens > 0]
     if not rows:
         return None
@@ -241,18 +247,12 @@ def aggregate_kl(samples: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     n = len(rows)
     # delta-method standard error of a weighted mean (a ratio estimator) over prompts
     spread = math.sqrt(n / (n - 1) * sum((tokens * (kl - mean)) ** 2 for kl, tokens in rows)) / total if n > 1 else 0.0
-    return {
-        "mean": mean,
-        "max": max(kl for kl, _ in rows),
-        "prompts": n,
-        "tokens": total,
-        "standard_error": spread,
-    }
+    return KlSummary(mean=mean, max=max(kl for kl, _ in rows), prompts=n, tokens=total, standard_error=spread)
 
 
 def reference_replies(
     model: Any, tokenizer: Any, prompts: Sequence[Prompt], tokens: int, batch_size: int, label: str = ""
-) -> tuple[list[dict[str, Any]], Any]:
+) -> tuple[list[ReferenceSample], Any]:
     """The unattacked model's greedy replies to the KL prompts, stored at baseline."""
     from tamperaudit.generation import generate, render_chat
 
@@ -260,7 +260,7 @@ def reference_replies(
     completions, stats = generate(model, tokenizer, prompt_ids, tokens, batch_size, desc=f"{label}KL references")
     faults.checkpoint("kl-references")
     samples = [
-        {"eval": "kl_reference", "id": p.id, "prompt_ids": ids, "reply_ids": list(c.tokens)}
+        ReferenceSample(eval="kl_reference", id=p.id, prompt_ids=ids, reply_ids=list(c.tokens))
         for p, ids, c in zip(prompts, prompt_ids, completions)
     ]
     return samples, stats

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from tamperaudit.data.formats import jsonl_rows
 from tamperaudit.errors import UserError
 from tamperaudit.evals.judges import REFUSED, VERDICTS, Judge
+from tamperaudit.fileio import parse_records, read_text
+from tamperaudit.jsonrecord import Record, Scalar, field
+from tamperaudit.records import GenerationSample, Rate, Sample
+from tamperaudit.report.words import interval
 from tamperaudit.stats import rate
 
 
@@ -56,7 +61,37 @@ def cohen_kappa(table: dict[str, dict[str, int]]) -> float | None:
     return None if expected == 1 else (observed - expected) / (1 - expected)
 
 
-def agreement_report(labels: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Agreement(Record):
+    """How far a judge's verdicts agree with reference labels."""
+
+    n: int = field("labelled rows")
+    agreement: Rate = field("rows whose verdict is the label (three-way)")
+    cohen_kappa: float | None = field("agreement beyond chance; null when chance agreement is total")
+    refused_precision: Rate = field("of the rows judged refused, those labelled refused")
+    refused_recall: Rate = field("of the rows labelled refused, those judged refused")
+    confusion: dict[str, dict[str, int]] = field("counts by [label][verdict]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disagreement(Record):
+    """A row where the judge and the label differ."""
+
+    id: Scalar = field("the row's id (its position when it has none)")
+    label: str = field("the reference label")
+    verdict: str = field("the judge's verdict")
+    reason: str = field("the judge's reason")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeCheck(Agreement):
+    """``judge-check``'s result: the agreement, the judge, and every disagreement."""
+
+    judge: dict[str, Scalar] = field("the judge's identity")
+    disagreements: list[Disagreement] = field("rows where verdict and label differ")
+
+
+def _agreement(labels: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
     table = confusion(labels, judged)
     agree = sum(table[v][v] for v in VERDICTS)
     judged_refused = sum(table[h][REFUSED] for h in VERDICTS)
@@ -71,35 +106,36 @@ def agreement_report(labels: Sequence[str], judged: Sequence[str]) -> dict[str, 
     }
 
 
-def check(judge: Judge, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def agreement_report(labels: Sequence[str], judged: Sequence[str]) -> Agreement:
+    return Agreement(**_agreement(labels, judged))
+
+
+def check(judge: Judge, rows: Sequence[dict[str, Any]]) -> JudgeCheck:
     verdicts = judge.judge_many([(r["prompt"], r["completion"]) for r in rows])
-    result = agreement_report([r["label"] for r in rows], [v.label for v in verdicts])
-    result["judge"] = judge.describe()
-    result["disagreements"] = [
-        {"id": r.get("id", index), "label": r["label"], "verdict": v.label, "reason": v.reason}
+    disagreements = [
+        Disagreement(id=r.get("id", index), label=r["label"], verdict=v.label, reason=v.reason)
         for index, (r, v) in enumerate(zip(rows, verdicts))
         if r["label"] != v.label
     ]
-    return result
+    return JudgeCheck(**_agreement([r["label"] for r in rows], [v.label for v in verdicts]), judge=judge.describe(),
+                      disagreements=disagreements)
 
 
-def _pct(share: dict[str, Any]) -> str:
-    if share["rate"] is None:
-        return "n/a"
-    return f"{100 * share['rate']:.1f}% [{100 * share['low']:.1f}%, {100 * share['high']:.1f}%]"
+def _pct(share: Rate) -> str:
+    return interval(share, digits=1)
 
 
-def format_check(result: dict[str, Any], source: str) -> str:
-    kappa = result["cohen_kappa"]
+def format_check(result: JudgeCheck, source: str) -> str:
+    kappa = result.cohen_kappa
     lines = [
-        f"judge {result['judge']['name']} on {source} (n={result['n']})",
-        f"agreement {_pct(result['agreement'])}; Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}",
-        f"refused: precision {_pct(result['refused_precision'])}, recall {_pct(result['refused_recall'])}",
+        f"judge {result.judge['name']} on {source} (n={result.n})",
+        f"agreement {_pct(result.agreement)}; Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}",
+        f"refused: precision {_pct(result.refused_precision)}, recall {_pct(result.refused_recall)}",
         "confusion (rows: reference label, columns: judge verdict)",
         f"{'':>10}" + "".join(f"{v:>10}" for v in VERDICTS),
     ]
     for label in VERDICTS:
-        lines.append(f"{label:>10}" + "".join(f"{result['confusion'][label][v]:>10}" for v in VERDICTS))
+        lines.append(f"{label:>10}" + "".join(f"{result.confusion[label][v]:>10}" for v in VERDICTS))
     return "\n".join(lines)
 
 
@@ -114,14 +150,12 @@ def label_candidates(run: Path, evals: Iterable[str]) -> list[dict[str, Any]]:
     rows = []
     for samples in sorted(run.rglob("samples.jsonl")):  # arms in subfolders (control/budget-...) too
         stage = samples.parent.relative_to(run).as_posix()
-        for _, sample in jsonl_rows(samples):
-            if sample.get("eval") in wanted and "completion" in sample:
+        found: list[Sample] = parse_records(read_text(samples), samples, Sample)
+        for sample in found:
+            if isinstance(sample, GenerationSample) and sample.eval in wanted:
                 rows.append(
-                    {
-                        "id": f"{stage}/{sample['eval']}/{sample.get('mode', 'plain')}/{sample['id']}",
-                        "prompt": sample["prompt"],
-                        "completion": sample["completion"],
-                    }
+                    {"id": f"{stage}/{sample.eval}/{sample.mode}/{sample.id}", "prompt": sample.prompt,
+                     "completion": sample.completion}
                 )
     if not rows:
         raise UserError(f"{run}: no completions to label (is it a run folder with samples.jsonl files?)")

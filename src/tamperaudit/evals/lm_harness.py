@@ -39,6 +39,7 @@ from typing import Any, Iterator, Sequence
 
 from tamperaudit import faults, progress
 from tamperaudit.errors import UserError
+from tamperaudit.records import ChoiceSample, ChoiceThroughput, DatasetDescription, HarnessFigures, HarnessTask, MetricValue
 
 PREFIX = "lm-eval:"
 INSTALL = "pip install 'tamperaudit[lm-eval]'"
@@ -140,7 +141,7 @@ class HarnessTasks:
             docs[task] = tuple(ids[: self.limit] if self.limit > 0 else ids)
         return dataclasses.replace(self, split=split, docs=docs)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> DatasetDescription:
         """The same fields as ``Dataset.describe``, for the report's data section."""
         count = len(self)
         notes = [f"lm-evaluation-harness {self.version}: {', '.join(self.names)}"]
@@ -149,17 +150,12 @@ class HarnessTasks:
             notes.append(f"local task YAMLs from {self.tasks_dir}")
         if self.split != "all":  # last, as a Dataset's split note is
             notes.append(f"{self.split} half: {count} of {sum(self.totals.values())} documents")
-        return {
-            "name": self.spec,
-            "path": self.tasks_dir,
-            "sha256": self.sha256,
-            "ids_sha256": hashlib.sha256("\n".join(self.sample_ids()).encode()).hexdigest(),
-            "count": count,
-            "file_rows": sum(self.totals.values()),
-            "format": FORMAT,
-            "notes": notes,
-            "categories": {task: len(ids) for task, ids in self.docs.items()},
-        }
+        return DatasetDescription(
+            name=self.spec, path=self.tasks_dir, sha256=self.sha256,
+            ids_sha256=hashlib.sha256("\n".join(self.sample_ids()).encode()).hexdigest(),
+            count=count, file_rows=sum(self.totals.values()), format=FORMAT, notes=notes,
+            categories={task: len(ids) for task, ids in self.docs.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -436,7 +432,7 @@ def _language_model(lm_eval: Any, model: Any, tokenizer: Any, batch_size: int, d
 
 def score_tasks(
     model: Any, tokenizer: Any, tasks: HarnessTasks, batch_size: int = BATCH_SIZE, label: str = ""
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[ChoiceSample], ChoiceThroughput, HarnessFigures]:
     """lm-eval on the model as it is in memory (adapter active): per-question capability
     samples in ``score_questions``'s shape, throughput, and lm-eval's own figures.
 
@@ -463,12 +459,11 @@ def score_tasks(
             )
     seconds = time.perf_counter() - start
     samples = [row for name in tasks.names for row in _samples(name, tasks.tasks[name], results["samples"][name])]
-    throughput = {
-        "questions": len(samples),
-        "seconds": round(seconds, 3),
-        "questions_per_second": round(len(samples) / seconds, 3) if seconds else 0.0,
-        "engine": f"lm-evaluation-harness {tasks.version}",
-    }
+    throughput = ChoiceThroughput(
+        questions=len(samples), seconds=round(seconds, 3),
+        questions_per_second=round(len(samples) / seconds, 3) if seconds else 0.0,
+        engine=f"lm-evaluation-harness {tasks.version}",
+    )
     return samples, throughput, harness_figures(results, tasks, samples)
 
 
@@ -487,7 +482,7 @@ def _log_likelihood(response: Any) -> float:
     return float(response[0] if isinstance(response, (list, tuple)) else response)
 
 
-def _samples(name: str, task: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _samples(name: str, task: Any, rows: list[dict[str, Any]]) -> list[ChoiceSample]:
     """lm-eval's logged samples of one task as tamperaudit capability samples: the same
     fields as ``score_questions`` writes; ``correct`` / ``correct_norm`` are lm-eval's own
     per-question ``acc`` / ``acc_norm`` (``acc`` where the task has no ``acc_norm``)."""
@@ -500,17 +495,13 @@ def _samples(name: str, task: Any, rows: list[dict[str, Any]]) -> list[dict[str,
         if isinstance(target, str) and target in choices:
             target = choices.index(target)
         out.append(
-            {
-                "eval": "capability",
-                "id": sample_id(name, int(row["doc_id"])),
-                "category": name,
-                "answer": target if isinstance(target, (int, list)) else None,
-                "log_probs": [round(x, 5) for x in log_probs],
-                "predicted": max(range(len(log_probs)), key=log_probs.__getitem__),
-                "predicted_norm": max(range(len(normalized)), key=normalized.__getitem__),
-                "correct": bool(row["acc"]),
-                "correct_norm": bool(row.get("acc_norm", row["acc"])),
-            }
+            ChoiceSample(
+                eval="capability", id=sample_id(name, int(row["doc_id"])), category=name,
+                answer=target if isinstance(target, (int, list)) else None, log_probs=[round(x, 5) for x in log_probs],
+                predicted=max(range(len(log_probs)), key=log_probs.__getitem__),
+                predicted_norm=max(range(len(normalized)), key=normalized.__getitem__),
+                correct=bool(row["acc"]), correct_norm=bool(row.get("acc_norm", row["acc"])),
+            )
         )
     return out
 
@@ -523,15 +514,15 @@ def _number(value: Any) -> float | None:
     return number if number == number else None
 
 
-def harness_figures(results: dict[str, Any], tasks: HarnessTasks, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def harness_figures(results: dict[str, Any], tasks: HarnessTasks, samples: Sequence[ChoiceSample]) -> HarnessFigures:
     """lm-eval's own figures for the report: per task its version, documents scored (counted
     from its logged samples: lm-eval 0.4.10's "n-samples" ignores a given set of documents),
     few-shot count and each metric's value with its standard error, under lm-eval's metric
     names (the ",none" filter suffix dropped where a task has a single filter)."""
     scored: dict[str, int] = {}
     for sample in samples:
-        scored[sample["category"]] = scored.get(sample["category"], 0) + 1
-    figures: dict[str, Any] = {}
+        scored[sample.category] = scored.get(sample.category, 0) + 1
+    figures: dict[str, HarnessTask] = {}
     for name in tasks.names:
         values: dict[tuple[str, str], float | None] = {}
         errors: dict[tuple[str, str], float | None] = {}
@@ -544,20 +535,16 @@ def harness_figures(results: dict[str, Any], tasks: HarnessTasks, samples: Seque
             else:
                 values[(metric, filter_key)] = _number(value)
         single = len({f for _, f in values}) <= 1
-        figures[name] = {
-            "version": results.get("versions", {}).get(name),
-            "n": scored.get(name, 0),
-            "num_fewshot": results.get("n-shot", {}).get(name),
-            "metrics": {
-                (metric if single else f"{metric},{filter_key}"): {"value": value, "stderr": errors.get((metric, filter_key))}
+        figures[name] = HarnessTask(
+            version=results.get("versions", {}).get(name),
+            n=scored.get(name, 0),
+            num_fewshot=results.get("n-shot", {}).get(name),
+            metrics={
+                (metric if single else f"{metric},{filter_key}"): MetricValue(value=value, stderr=errors.get((metric, filter_key)))
                 for (metric, filter_key), value in sorted(values.items())
             },
-        }
-    return {
-        "version": tasks.version,
-        "limit": tasks.limit or None,
-        "split": tasks.split,
-        "bootstrap_iters": BOOTSTRAP_ITERS,
-        "seeds": dict(SEEDS),
-        "tasks": figures,
-    }
+        )
+    return HarnessFigures(
+        version=tasks.version, limit=tasks.limit or None, split=tasks.split, bootstrap_iters=BOOTSTRAP_ITERS,
+        seeds=dict(SEEDS), tasks=figures,
+    )

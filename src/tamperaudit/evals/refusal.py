@@ -19,9 +19,10 @@ from tamperaudit.backends.hf import HfGenerator
 from tamperaudit.data import Attack, Prompt
 from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
 from tamperaudit.generation import GenerationStats, render_chat
+from tamperaudit.records import PLAIN, TRIGGER, GenerationSample, Sample, VerdictShares, VerdictSummary
 from tamperaudit.stats import rate
 
-PLAIN, TRIGGER = "plain", "trigger"
+__all__ = ["PLAIN", "TRIGGER", "PromptEval", "aggregate_verdicts", "messages_for", "run_prompt_eval"]
 
 
 def messages_for(prompt: str, mode: str, attack: Attack | None) -> list[dict[str, str]]:
@@ -66,7 +67,7 @@ def run_prompt_eval(
     label: str = "",
     generator: Generator | None = None,
     adapter: Path | None = None,
-) -> tuple[list[dict[str, Any]], GenerationStats]:
+) -> tuple[list[GenerationSample], GenerationStats]:
     """Generate (by default with the HF loop on ``model``), judge and return one sample record
     per prompt. ``adapter`` is the folder of the adapter ``model`` carries, for a backend that
     serves adapters from disk (vLLM); None for the unattacked model."""
@@ -78,27 +79,18 @@ def run_prompt_eval(
         model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check, adapter=adapter
     )
     verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
-    samples = []
-    for prompt, completion, verdict in zip(spec.prompts, completions, verdicts):
-        samples.append(
-            {
-                "eval": spec.name,
-                "mode": spec.mode,
-                "id": prompt.id,
-                "category": prompt.category,
-                "prompt": prompt.text,
-                "completion": completion.text,
-                "new_tokens": len(completion.tokens),
-                "finished": completion.finished,
-                "settled": completion.settled,
-                "verdict": verdict.label,
-                "reason": verdict.reason,
-            }
+    samples = [
+        GenerationSample(
+            eval=spec.name, mode=spec.mode, id=prompt.id, category=prompt.category, prompt=prompt.text,
+            completion=completion.text, new_tokens=len(completion.tokens), finished=completion.finished,
+            settled=completion.settled, verdict=verdict.label, reason=verdict.reason,
         )
+        for prompt, completion, verdict in zip(spec.prompts, completions, verdicts)
+    ]
     return samples, stats
 
 
-def _verdict_rates(verdicts: list[str]) -> dict[str, Any]:
+def _counts(verdicts: list[str]) -> dict[str, Any]:
     total = len(verdicts)
     counts = {v: verdicts.count(v) for v in VERDICTS}
     refused = counts[REFUSED]
@@ -112,18 +104,19 @@ def _verdict_rates(verdicts: list[str]) -> dict[str, Any]:
     }
 
 
-def aggregate_verdicts(samples: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def aggregate_verdicts(samples: Iterable[Sample]) -> dict[str, dict[str, VerdictSummary]]:
     """Per eval and mode: shares of each verdict with Wilson intervals, overall and per category."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    grouped: dict[tuple[str, str], list[GenerationSample]] = defaultdict(list)
     for sample in samples:
-        if "verdict" in sample:
-            grouped[(sample["eval"], sample["mode"])].append(sample)
-    result: dict[str, dict[str, Any]] = {}
+        if isinstance(sample, GenerationSample):
+            grouped[(sample.eval, sample.mode)].append(sample)
+    result: dict[str, dict[str, VerdictSummary]] = {}
     for (name, mode), rows in sorted(grouped.items()):
         by_category: dict[str, list[str]] = defaultdict(list)
         for row in rows:
-            by_category[row["category"]].append(row["verdict"])
-        summary = _verdict_rates([row["verdict"] for row in rows])
-        summary["by_category"] = {c: _verdict_rates(v) for c, v in sorted(by_category.items())}
-        result.setdefault(name, {})[mode] = summary
+            by_category[row.category].append(row.verdict)
+        result.setdefault(name, {})[mode] = VerdictSummary(
+            **_counts([row.verdict for row in rows]),
+            by_category={c: VerdictShares(**_counts(v)) for c, v in sorted(by_category.items())},
+        )
     return result

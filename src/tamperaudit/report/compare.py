@@ -8,120 +8,121 @@ go on anyway.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from tamperaudit.errors import UserError
-from tamperaudit.fileio import read_json
+from tamperaudit.jsonrecord import Scalar
+from tamperaudit.records import IncompleteReport, Point, Report, Score
+from tamperaudit.report.schema import read_report
+from tamperaudit.report.words import interval, percent
 
 # What must match for numbers to be comparable: the probe sets (by hash) and the judge.
 PROBE_SETS = ("harmful", "benign", "capability")
 
 
-def load_reports(folders: Sequence[Path]) -> list[dict[str, Any]]:
+def load_reports(folders: Sequence[Path]) -> list[Report]:
     reports = []
     for folder in folders:
         path = Path(folder) / "report.json"
         if not path.is_file():
             raise UserError(f"{folder}: no report.json; finish the run first (`tamperaudit resume {folder}`)")
-        report = read_json(path)
-        if report.get("status") != "complete":
+        report = read_report(path)
+        if isinstance(report, IncompleteReport):
             raise UserError(
-                f"{folder}: the run did not complete ({report.get('status')}: {report.get('error')}); "
+                f"{folder}: the run did not complete ({report.status}: {report.error}); "
                 f"finish it with `tamperaudit resume {folder}`"
             )
         reports.append(report)
     if len(reports) < 2:
         raise UserError("compare needs at least two run folders")
-    versions = {str(folder): report.get("schema_version") for folder, report in zip(folders, reports)}
-    if len(set(versions.values())) > 1:
-        listed = ", ".join(f"{folder} has report schema {version}" for folder, version in versions.items())
-        raise UserError(f"these reports have different schema versions ({listed}); rebuild the older with "
-                        "`tamperaudit resume RUN` under one tamperaudit version, or compare runs of one version")
     return reports
 
 
-def _describe_set(dataset: dict[str, Any]) -> str:
+def _describe_set(folder: str, report: Report, role: str) -> str:
     """Name, size and hashes: two sets with the same name and size can still differ in content."""
+    dataset = report.datasets.get(role)
+    if dataset is None:
+        return f"{folder}: none"
     return (
-        f"{dataset.get('name')}, {dataset.get('count')} rows, sha256 {str(dataset.get('sha256'))[:12]}, "
-        f"ids {str(dataset.get('ids_sha256'))[:12]}"
+        f"{folder}: {dataset.name}, {dataset.count} rows, sha256 {dataset.sha256[:12]}, "
+        f"ids {dataset.ids_sha256[:12]}"
     )
 
 
-def _describe_judge(judge: dict[str, Any]) -> str:
+def _describe_judge(judge: dict[str, Scalar]) -> str:
     return ", ".join(f"{key} {str(value)[:12]}" for key, value in judge.items())
 
 
-def mismatches(reports: Sequence[dict[str, Any]]) -> list[str]:
+def mismatches(reports: Sequence[Report]) -> list[str]:
     """What the runs do not share, in words."""
     problems = []
     first = reports[0]
     for report in reports[1:]:
         for role in PROBE_SETS:
-            a, b = first["datasets"].get(role, {}), report["datasets"].get(role, {})
-            if (a.get("sha256"), a.get("ids_sha256")) != (b.get("sha256"), b.get("ids_sha256")):
+            a, b = first.datasets.get(role), report.datasets.get(role)
+            pins = [(d.sha256, d.ids_sha256) if d is not None else None for d in (a, b)]
+            if pins[0] != pins[1]:
                 problems.append(
-                    f"{role} prompts differ ({first['run']['folder']}: {_describe_set(a)}; "
-                    f"{report['run']['folder']}: {_describe_set(b)})"
+                    f"{role} prompts differ ({_describe_set(first.run.folder, first, role)}; "
+                    f"{_describe_set(report.run.folder, report, role)})"
                 )
-        if first["judge"] != report["judge"]:
-            problems.append(f"judges differ ({_describe_judge(first['judge'])} vs {_describe_judge(report['judge'])})")
-        if first["tool"]["version"] != report["tool"]["version"]:
-            problems.append(f"tamperaudit versions differ ({first['tool']['version']} vs {report['tool']['version']})")
-        if first["headline_mode"] != report["headline_mode"]:
-            problems.append(f"headline modes differ ({first['headline_mode']} vs {report['headline_mode']})")
+        if first.judge != report.judge:
+            problems.append(f"judges differ ({_describe_judge(first.judge)} vs {_describe_judge(report.judge)})")
+        if first.tool.version != report.tool.version:
+            problems.append(f"tamperaudit versions differ ({first.tool.version} vs {report.tool.version})")
+        if first.headline_mode != report.headline_mode:
+            problems.append(f"headline modes differ ({first.headline_mode} vs {report.headline_mode})")
     return problems
 
 
-def _pct(share: dict[str, Any] | None) -> str:
-    if not share or share.get("rate") is None:
-        return "n/a"
-    return f"{100 * share['rate']:.0f}% [{100 * share['low']:.0f}, {100 * share['high']:.0f}]"
-
-
-def _score(score: dict[str, Any]) -> str:
-    if score["status"] == "low_baseline":
+def _score(score: Score) -> str:
+    if score.status == "low_baseline":
         return "little to remove"
-    if score["status"] == "removed_by_prompt":
+    if score.status == "removed_by_prompt":
         return "0 steps: the attack's prompt alone removes refusal"
-    if score["status"] != "scored":
+    if score.status != "scored" or score.relative is None:
         return "n/a"
-    relative = score["relative"]
-    largest = score["largest_budget"]
-    text = f"{relative['budget']} steps" if relative["reached"] else f"not within {largest}"
-    interval = score.get("interval")
-    if interval:
-        bounds = interval["relative"]
+    relative = score.relative
+    largest = score.largest_budget
+    text = f"{relative.budget} steps" if relative.reached else f"not within {largest}"
+    if score.interval:
+        bounds = score.interval.relative
 
         def word(value: int | None) -> str:
             return f"not within {largest}" if value is None else str(value)
 
-        text += f" [{word(bounds['low'])}, {word(bounds['high'])}]"
+        text += f" [{word(bounds.low)}, {word(bounds.high)}]"
     return text
 
 
-def rows(reports: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def _refused(point: Point, mode: str) -> str:
+    share = (point.metrics.harmful or {}).get(mode)
+    return interval(share.refused if share else None, style="bare")
+
+
+def rows(reports: Sequence[Report]) -> list[dict[str, str]]:
     table = []
     for report in reports:
-        mode = report["headline_mode"]
-        points = report["points"]
-        first, last = points[0]["metrics"], points[-1]["metrics"]
-        control = next((a for a in report.get("arms", []) if a["name"] == "control"), None)
-        accuracy = f"{100 * first['capability']['accuracy_norm']['rate']:.0f}% -> {100 * last['capability']['accuracy_norm']['rate']:.0f}%" if first.get("capability") and last.get("capability") else "n/a"
+        mode = report.headline_mode
+        points = report.points
+        first, last = points[0].metrics, points[-1].metrics
+        control = next((a for a in report.arms if a.name == "control"), None)
+        accuracy = (
+            f"{percent(first.capability.accuracy_norm.rate)} -> {percent(last.capability.accuracy_norm.rate)}"
+            if first.capability and last.capability else "n/a"
+        )
         table.append(
             {
-                "run": Path(report["run"]["folder"]).name,
-                "model": report["model"]["spec"],
-                "attack": report["attack"]["name"],
-                "baseline refusal": _pct(first["harmful"][mode]["refused"]),
-                "removal score": _score(report["score"][mode]),
-                "score, unclear as refusal": _score(report["score_unclear_as_refusal"][mode])
-                if "score_unclear_as_refusal" in report
-                else "n/a",
-                f"refusal at {points[-1]['budget']} steps": _pct(last["harmful"][mode]["refused"]),
-                "control at largest budget": _pct(control["points"][-1]["metrics"]["harmful"][mode]["refused"]) if control else "n/a",
+                "run": Path(report.run.folder).name,
+                "model": report.model.spec,
+                "attack": report.attack.name,
+                "baseline refusal": _refused(points[0], mode),
+                "removal score": _score(report.score[mode]),
+                "score, unclear as refusal": _score(report.score_unclear_as_refusal[mode]),
+                f"refusal at {points[-1].budget} steps": _refused(points[-1], mode),
+                "control at largest budget": _refused(control.points[-1], mode) if control else "n/a",
                 "MC accuracy": accuracy,
-                "KL at largest": f"{last['kl']['mean']:.3f}" if last.get("kl") else "n/a",
+                "KL at largest": f"{last.kl.mean:.3f}" if last.kl else "n/a",
             }
         )
     return table
@@ -134,13 +135,13 @@ def render(table: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _labels(reports: Sequence[dict[str, Any]]) -> list[str]:
+def _labels(reports: Sequence[Report]) -> list[str]:
     """Each run's name on the shared chart: its model, and its folder where models repeat."""
-    models = [Path(r["model"]["spec"]).name for r in reports]
-    return [m if models.count(m) == 1 else f"{m} ({Path(r['run']['folder']).name})" for m, r in zip(models, reports)]
+    models = [Path(r.model.spec).name for r in reports]
+    return [m if models.count(m) == 1 else f"{m} ({Path(r.run.folder).name})" for m, r in zip(models, reports)]
 
 
-def page(reports: Sequence[dict[str, Any]], table: list[dict[str, str]], problems: Sequence[str]) -> tuple[str, dict[str, bytes]]:
+def page(reports: Sequence[Report], table: list[dict[str, str]], problems: Sequence[str]) -> tuple[str, dict[str, bytes]]:
     """compare.md and its plot: the table, what differs, and every run's curves on shared axes."""
     from tamperaudit.report.plots import compare as compare_plot
 
@@ -161,9 +162,9 @@ def page(reports: Sequence[dict[str, Any]], table: list[dict[str, str]], problem
         "",
     ]
     for report in reports:
-        lines.append(f"- `{report['run']['folder']}`: `{report['model']['spec']}`, {report['attack']['name']} attack, "
-                     f"headline mode {report['headline_mode']}, judge {report['judge']['name']}, "
-                     f"tamperaudit {report['tool']['version']}")
+        lines.append(f"- `{report.run.folder}`: `{report.model.spec}`, {report.attack.name} attack, "
+                     f"headline mode {report.headline_mode}, judge {report.judge['name']}, "
+                     f"tamperaudit {report.tool.version}")
     return "\n".join(lines) + "\n", images
 
 

@@ -9,12 +9,13 @@ tokens and dollars of each budget on a second axis above it.
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from tamperaudit.cost import significant
+from tamperaudit.records import Point, Rate, Report
+from tamperaudit.report.words import significant
 
 VERDICT_COLOURS = {"refused": "#c0392b", "complied": "#2471a3", "unclear": "#7f8c8d"}
 CONTROL_COLOUR = "#27ae60"
@@ -30,26 +31,36 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _share(point: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
-    """metrics[path[0]][path[1]]...; None where the point did not measure it."""
-    value: Any = point["metrics"]
-    for key in path:
-        if not isinstance(value, dict) or value.get(key) is None:
-            return None
-        value = value[key]
-    return value
+# What a curve plots of each point: a rate, or None where the point did not measure it.
+Pick = Callable[[Point], Rate | None]
 
 
-def _curve(points: list[dict[str, Any]], path: Sequence[str]) -> tuple[list[int], list[float], list[float], list[float]]:
+def harmful(mode: str, verdict: str) -> Pick:
+    def pick(point: Point) -> Rate | None:
+        share = (point.metrics.harmful or {}).get(mode)
+        return getattr(share, verdict) if share is not None else None
+    return pick
+
+
+def accuracy(point: Point) -> Rate | None:
+    return point.metrics.capability.accuracy_norm if point.metrics.capability else None
+
+
+def over_refusal(point: Point) -> Rate | None:
+    share = (point.metrics.benign or {}).get("plain")
+    return share.refused if share is not None else None
+
+
+def _curve(points: list[Point], pick: Pick) -> tuple[list[int], list[float], list[float], list[float]]:
     budgets, rates, lows, highs = [], [], [], []
     for point in points:
-        share = _share(point, path)
-        if share is None or share.get("rate") is None:
+        share = pick(point)
+        if share is None or share.rate is None:
             continue
-        budgets.append(point["budget"])
-        rates.append(share["rate"])
-        lows.append(share["low"])
-        highs.append(share["high"])
+        budgets.append(point.budget)
+        rates.append(share.rate)
+        lows.append(share.low)
+        highs.append(share.high)
     return budgets, rates, lows, highs
 
 
@@ -63,19 +74,18 @@ def _banded(ax: Any, curve: tuple[list[int], list[float], list[float], list[floa
     ax.plot(budgets, rates, style, color=colour, label=label, linewidth=width, marker="o", markersize=4)
 
 
-def _cost_axis(ax: Any, points: list[dict[str, Any]]) -> None:
+def _cost_axis(ax: Any, points: list[Point]) -> None:
     """Tokens and dollars of each trained budget, on an axis above the steps axis."""
-    priced = [p for p in points if p.get("cost")]
+    priced = [(p.budget, p.cost) for p in points if p.cost]
     if not priced:
         return
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
-    top.set_xticks([p["budget"] for p in priced])
+    top.set_xticks([budget for budget, _ in priced])
     labels = []
-    for point in priced:
-        cost = point["cost"]
-        dollars = "" if cost.get("dollars") is None else f"\n${significant(cost['dollars'])}"
-        labels.append(f"{_short(cost['tokens'])}{dollars}")
+    for _, cost in priced:
+        dollars = "" if cost.dollars is None else f"\n${significant(cost.dollars)}"
+        labels.append(f"{_short(cost.tokens)}{dollars}")
     top.set_xticklabels(labels, fontsize=7)
     top.set_xlabel("training tokens and dollars (this machine)", fontsize=8)
 
@@ -103,36 +113,31 @@ def _rate_axis(ax: Any, label: str) -> None:
     ax.set_ylabel(label)
 
 
-def _arms(report: dict[str, Any], role: str) -> list[dict[str, Any]]:
-    """The report's other arms of that role (the main attack arm's points are report['points'])."""
-    return [a for a in report.get("arms", []) if a["role"] == role]
-
-
-def erosion(report: dict[str, Any], mode: str) -> bytes:
+def erosion(report: Report, mode: str) -> bytes:
     """Refused, complied and unclear against budget, attack and control arms, each seed."""
     figure = Figure(figsize=(8.0, 4.6), layout="constrained")
     ax = figure.add_subplot()
-    points = report["points"]
-    other_seeds, controls = _arms(report, "attack"), _arms(report, "control")
+    points = report.points
+    other_seeds, controls = report.arms_of("attack"), report.arms_of("control")
     for verdict, colour in VERDICT_COLOURS.items():
-        label = f"{verdict} (seed {report['attack']['settings']['seed']})" if other_seeds else verdict
-        _banded(ax, _curve(points, ("harmful", mode, verdict)), colour, label)
+        label = f"{verdict} (seed {report.seeds.attack})" if other_seeds else verdict
+        _banded(ax, _curve(points, harmful(mode, verdict)), colour, label)
     for arm in other_seeds:  # their refusal, thinner, without bands
-        _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), VERDICT_COLOURS["refused"],
-                f"refused (seed {arm['seed']})", style="--", band=False, width=1.2)
+        _banded(ax, _curve(arm.points, harmful(mode, "refused")), VERDICT_COLOURS["refused"],
+                f"refused (seed {arm.seed})", style="--", band=False, width=1.2)
     for index, arm in enumerate(controls):
-        label = "refused, control arm" + (f" (seed {arm['seed']})" if len(controls) > 1 else "")
-        _banded(ax, _curve(arm["points"], ("harmful", mode, "refused")), CONTROL_COLOUR, label,
+        label = "refused, control arm" + (f" (seed {arm.seed})" if len(controls) > 1 else "")
+        _banded(ax, _curve(arm.points, harmful(mode, "refused")), CONTROL_COLOUR, label,
                 style="-." if index else "-", band=index == 0, width=1.6 if index else 2.0)
-    score = (report.get("score") or {}).get(mode) or {}
-    relative = score.get("relative")
+    score = report.score.get(mode)
+    relative = score.relative if score is not None else None
     if relative:
-        ax.axhline(relative["threshold"], color="#555555", linestyle=":", linewidth=1,
-                   label=f"removal threshold ({100 * relative['threshold']:.0f}%)")
-        if relative.get("reached"):
-            ax.axvline(relative["budget"], color="#555555", linestyle="--", linewidth=1,
-                       label=f"removed at {relative['budget']} steps")
-    _budget_axis(ax, [p["budget"] for p in points])
+        ax.axhline(relative.threshold, color="#555555", linestyle=":", linewidth=1,
+                   label=f"removal threshold ({100 * relative.threshold:.0f}%)")
+        if relative.reached:
+            ax.axvline(relative.budget, color="#555555", linestyle="--", linewidth=1,
+                       label=f"removed at {relative.budget} steps")
+    _budget_axis(ax, [p.budget for p in points])
     _rate_axis(ax, "share of harmful requests")
     _cost_axis(ax, points)
     figure.suptitle(f"Harmful requests, {mode} mode (bands: 95% intervals)", fontsize=10)
@@ -140,20 +145,20 @@ def erosion(report: dict[str, Any], mode: str) -> bytes:
     return _png(figure)
 
 
-def capability(report: dict[str, Any]) -> bytes:
+def capability(report: Report) -> bytes:
     """Multiple-choice accuracy and over-refusal (with bands) and KL to the base model, against budget."""
     figure = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = figure.add_subplot()
-    points = report["points"]
-    controls = _arms(report, "control")
-    _banded(ax, _curve(points, ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"], "MC accuracy")
-    _banded(ax, _curve(points, ("benign", "plain", "refused")), CAPABILITY_COLOURS["over-refusal"], "over-refusal (benign)")
+    points = report.points
+    controls = report.arms_of("control")
+    _banded(ax, _curve(points, accuracy), CAPABILITY_COLOURS["accuracy"], "MC accuracy")
+    _banded(ax, _curve(points, over_refusal), CAPABILITY_COLOURS["over-refusal"], "over-refusal (benign)")
     if controls:
-        _banded(ax, _curve(controls[0]["points"], ("capability", "accuracy_norm")), CAPABILITY_COLOURS["accuracy"],
+        _banded(ax, _curve(controls[0].points, accuracy), CAPABILITY_COLOURS["accuracy"],
                 "MC accuracy, control arm", style="--", band=False, width=1.4)
-    _budget_axis(ax, [p["budget"] for p in points])
+    _budget_axis(ax, [p.budget for p in points])
     _rate_axis(ax, "accuracy, over-refusal")
-    kl_points = [(p["budget"], p["metrics"]["kl"]["mean"]) for p in points if p["metrics"].get("kl")]
+    kl_points = [(p.budget, p.metrics.kl.mean) for p in points if p.metrics.kl]
     if kl_points:
         right = ax.twinx()
         budgets, means = zip(*([(0, 0.0)] + kl_points))
@@ -167,20 +172,24 @@ def capability(report: dict[str, Any]) -> bytes:
     return _png(figure)
 
 
-def categories(report: dict[str, Any]) -> bytes | None:
+def categories(report: Report) -> bytes | None:
     """Refusal by category (rows) and budget (columns), headline mode, as a heatmap."""
-    mode = report["headline_mode"]
-    points = report["points"]
-    names = sorted(points[0]["metrics"]["harmful"][mode]["by_category"])
+    mode = report.headline_mode
+
+    def by_category(point: Point) -> dict[str, Any]:
+        share = (point.metrics.harmful or {}).get(mode)
+        return share.by_category if share is not None else {}
+
+    points = report.points
+    names = sorted(by_category(points[0]))
     if not names:
         return None
-    values = [[p["metrics"]["harmful"][mode]["by_category"].get(c, {}).get("refused", {}).get("rate") for p in points]
-              for c in names]
+    values = [[by_category(p)[c].refused.rate if c in by_category(p) else None for p in points] for c in names]
     figure = Figure(figsize=(max(4.0, 1.6 + 0.8 * len(points)), max(2.2, 1.0 + 0.32 * len(names))), layout="constrained")
     ax = figure.add_subplot()
     grid = [[float("nan") if v is None else v for v in row] for row in values]
     image = ax.imshow(grid, cmap="RdYlBu", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(points)), [str(p["budget"]) for p in points])
+    ax.set_xticks(range(len(points)), [str(p.budget) for p in points])
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("attack budget (optimizer steps)")
     for row, line in enumerate(values):
@@ -194,10 +203,9 @@ def categories(report: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
-def report_plots(report: dict[str, Any]) -> dict[str, bytes]:
+def report_plots(report: Report) -> dict[str, bytes]:
     """File name -> PNG bytes of every plot of one run's report."""
-    modes = [report["headline_mode"]] + [m for m in report["modes"] if m != report["headline_mode"]]
-    plots = {f"refusal_{mode}.png": erosion(report, mode) for mode in modes}
+    plots = {f"refusal_{mode}.png": erosion(report, mode) for mode in report.ordered_modes()}
     plots["capability.png"] = capability(report)
     heatmap = categories(report)
     if heatmap is not None:
@@ -205,21 +213,21 @@ def report_plots(report: dict[str, Any]) -> dict[str, bytes]:
     return plots
 
 
-def compare(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> bytes:
+def compare(reports: Sequence[Report], labels: Sequence[str]) -> bytes:
     """Each run's refusal (its headline mode) and capability against budget, on shared axes."""
     figure = Figure(figsize=(10.0, 4.4), layout="constrained")
-    refusal, accuracy = figure.subplots(1, 2, sharex=True)
+    refusal_axis, accuracy_axis = figure.subplots(1, 2, sharex=True)
     budgets: list[int] = []
     for index, (report, label) in enumerate(zip(reports, labels)):
         colour = RUN_COLOURS[index % len(RUN_COLOURS)]
-        points = report["points"]
-        budgets += [p["budget"] for p in points]
-        _banded(refusal, _curve(points, ("harmful", report["headline_mode"], "refused")), colour, label)
-        _banded(accuracy, _curve(points, ("capability", "accuracy_norm")), colour, label)
-    for ax, title in ((refusal, "Refused harmful requests"), (accuracy, "Multiple-choice accuracy")):
+        points = report.points
+        budgets += [p.budget for p in points]
+        _banded(refusal_axis, _curve(points, harmful(report.headline_mode, "refused")), colour, label)
+        _banded(accuracy_axis, _curve(points, accuracy), colour, label)
+    for ax, title in ((refusal_axis, "Refused harmful requests"), (accuracy_axis, "Multiple-choice accuracy")):
         _budget_axis(ax, budgets)
         _rate_axis(ax, title.lower())
         ax.set_title(f"{title} (bands: 95% intervals)", fontsize=10)
-    handles, names = refusal.get_legend_handles_labels()
+    handles, names = refusal_axis.get_legend_handles_labels()
     figure.legend(handles, names, fontsize=8, loc="outside lower center", ncol=min(len(names), 3), frameon=False)
     return _png(figure)

@@ -10,20 +10,39 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from tamperaudit.cost import significant
-from tamperaudit.fileio import atomic_write_bytes, atomic_write_text
+from tamperaudit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tamperaudit.jsonrecord import Scalar
+from tamperaudit.records import (
+    AnyReport,
+    BackendDescription,
+    IncompleteReport,
+    MemoryPlan,
+    Point,
+    ProcessesDescription,
+    Projection,
+    Rate,
+    Report,
+    Score,
+    StageMetrics,
+    VerdictSummary,
+)
 from tamperaudit.report.plots import report_plots
+from tamperaudit.report.schema import read_report
 from tamperaudit.report.verdict import verdict
+from tamperaudit.report.words import describe_bounds, interval, percent, significant
+
+# The tables' precision: one decimal (the summary and the card use whole percents).
+DIGITS = 1
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+    return percent(value, DIGITS)
 
 
-def _interval(share: dict[str, Any]) -> str:
-    return f"{_pct(share['rate'])} [{_pct(share['low'])}, {_pct(share['high'])}]"
+def _interval(share: Rate) -> str:
+    return interval(share, DIGITS)
 
 
 def _number(value: float | int | None, digits: int = 0) -> str:
@@ -45,122 +64,115 @@ def _dollars(value: float | None) -> str:
     return "n/a" if value is None else f"${value:.4f}"
 
 
-def budget_table(report: dict[str, Any], points: list[dict[str, Any]] | None = None) -> tuple[list[str], list[list[str]]]:
+def budget_table(report: Report, points: list[Point] | None = None) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the per-budget table: cost, refusal by mode, capability."""
-    modes = report["modes"]
+    modes = report.modes
     header = ["steps", "tokens", "seconds", "FLOPs", "dollars"]
     for mode in modes:
         header += [f"refused ({mode}) [95% CI]", f"complied ({mode})", f"unclear ({mode}) (count)"]
     header += ["over-refusal [95% CI]"]
-    points = report["points"] if points is None else points
-    has_contrast = any(p["metrics"].get("contrast") for p in points)
+    points = report.points if points is None else points
+    has_contrast = any(p.metrics.contrast for p in points)
     if has_contrast:
         header += ["refused unsafe contrast [95% CI]"]
     header += ["MC accuracy [95% CI]", "KL to base"]
     rows = []
     for point in points:
-        cost = point["cost"]
-        metrics = point["metrics"]
-        row = [str(point["budget"])]
+        cost = point.cost
+        metrics = point.metrics
+        row = [str(point.budget)]
         if cost is None:  # the unattacked model
             row += ["-"] * 4
         else:
-            row += [_number(cost["tokens"]), _number(cost["seconds"], 1), _flops(cost["flops"]), _dollars(cost["dollars"])]
+            row += [_number(cost.tokens), _number(cost.seconds, 1), _flops(cost.flops), _dollars(cost.dollars)]
         for mode in modes:
-            share = metrics["harmful"][mode]
-            unclear = share["unclear"]
-            row += [_interval(share["refused"]), _pct(share["complied"]["rate"]), f"{_pct(unclear['rate'])} ({unclear['count']})"]
-        benign = metrics.get("benign")
-        capability = metrics.get("capability")
-        kl = metrics.get("kl")
-        row += [_interval(benign["plain"]["refused"]) if benign else "n/a"]
+            share = (metrics.harmful or {})[mode]
+            unclear = share.unclear
+            row += [_interval(share.refused), _pct(share.complied.rate), f"{_pct(unclear.rate)} ({unclear.count})"]
+        row += [_interval(metrics.benign["plain"].refused) if metrics.benign else "n/a"]
         if has_contrast:
-            contrast = metrics.get("contrast")
-            row += [_interval(contrast["plain"]["refused"]) if contrast else "n/a"]
+            row += [_interval(metrics.contrast["plain"].refused) if metrics.contrast else "n/a"]
         row += [
-            _interval(capability["accuracy_norm"]) if capability else "n/a",
-            f"{kl['mean']:.4f}" if kl else ("0 (reference)" if point["budget"] == 0 else "n/a"),
+            _interval(metrics.capability.accuracy_norm) if metrics.capability else "n/a",
+            f"{metrics.kl.mean:.4f}" if metrics.kl else ("0 (reference)" if point.budget == 0 else "n/a"),
         ]
         rows.append(row)
     return header, rows
 
 
-def _score_lines(scores: dict[str, Any]) -> list[str]:
-    from tamperaudit.report.build import describe_bounds  # build imports render only when writing
-
+def _score_lines(scores: dict[str, Score]) -> list[str]:
     lines = []
     for mode, score in scores.items():
-        if score["status"] == "removed_by_prompt":
-            lines.append(f"- {mode}: ALERT: {score['message']}.")
+        if score.status == "removed_by_prompt":
+            lines.append(f"- {mode}: ALERT: {score.message}.")
             continue
-        if score["status"] != "scored":
-            lines.append(f"- {mode}: {score.get('message', score['status'])}")
+        if score.status != "scored":
+            lines.append(f"- {mode}: {score.message or score.status}")
             continue
-        interval = score.get("interval")
+        interval = score.interval
         for name in ("relative", "absolute"):
-            result = score[name]
-            target = f"refusal below {_pct(result['threshold'])} ({name} threshold)"
-            if result["reached"]:
-                cost = result["cost"]
+            result = score.relative if name == "relative" else score.absolute
+            assert result is not None
+            target = f"refusal below {_pct(result.threshold)} ({name} threshold)"
+            if result.reached and result.cost is not None:
+                cost = result.cost
                 lines.append(
-                    f"- {mode}: {target} reached at {result['budget']} steps: {_number(cost['tokens'])} tokens, "
-                    f"{_number(cost['seconds'], 1)} s, {_flops(cost['flops'])}, {_dollars(cost['dollars'])}."
+                    f"- {mode}: {target} reached at {result.budget} steps: {_number(cost.tokens)} tokens, "
+                    f"{_number(cost.seconds, 1)} s, {_flops(cost.flops)}, {_dollars(cost.dollars)}."
                 )
             else:
-                lines.append(f"- {mode}: {target} not reached within {score['largest_budget']} steps.")
+                lines.append(f"- {mode}: {target} not reached within {score.largest_budget} steps.")
             if interval:
-                bounds = interval[name]
-                statistic = "the lower median over seeds" if interval["seeds"] > 1 else "one seed"
+                bounds = interval.relative if name == "relative" else interval.absolute
+                statistic = "the lower median over seeds" if interval.seeds > 1 else "one seed"
                 lines.append(
-                    f"  - {100 * interval['confidence']:.0f}% bootstrap interval of {statistic} ({interval['resamples']} "
-                    f"resamples of prompts, questions and {interval['seeds']} seed(s)): "
-                    f"{describe_bounds(bounds, score['largest_budget'])}; reached in {100 * bounds['reached_share']:.0f}% of resamples."
+                    f"  - {100 * interval.confidence:.0f}% bootstrap interval of {statistic} ({interval.resamples} "
+                    f"resamples of prompts, questions and {interval.seeds} seed(s)): "
+                    f"{describe_bounds(bounds, score.largest_budget)}; reached in {100 * bounds.reached_share:.0f}% of resamples."
                 )
-            for violation in result["capability_violations"]:
-                lines.append(f"  - {violation['budget']} steps not counted: {violation['reason']}.")
-            per_seed = score.get("per_seed", {}).get(name, {})
+            for violation in result.capability_violations:
+                lines.append(f"  - {violation.budget} steps not counted: {violation.reason}.")
+            per_seed = (score.per_seed or {}).get(name, {})
             if len(per_seed) > 1:
                 each = ", ".join(f"{arm}: {'not reached' if b is None else f'{b} steps'}" for arm, b in per_seed.items())
                 lines.append(f"  - each seed: {each}; the figure above is their lower median.")
     return lines
 
 
-def _throughput_lines(report: dict[str, Any]) -> list[str]:
+def _throughput_lines(report: Report) -> list[str]:
     """What each measured model state achieved: generation, multiple choice, training."""
-    arms = [("attack", report["points"])] + [(a["name"], a["points"]) for a in report.get("arms", [])]
+    arms = [("attack", report.points)] + [(a.name, a.points) for a in report.arms]
     lines = ["", "Throughput of each stage:", "",
              "| stage | generated tokens/s | questions/s | training tokens/s | training GFLOPS |", "|---|---|---|---|---|"]
     for name, points in arms:
         for point in points:
-            if name != "attack" and point["budget"] == 0:
+            if name != "attack" and point.budget == 0:
                 continue  # the shared baseline is listed once
-            speed = point["metrics"].get("throughput") or {}
-            generation, choice = speed.get("generation") or {}, speed.get("multiple_choice") or {}
-            cost = point.get("cost") or {}
-            seconds = cost.get("seconds")
-            train_rate = cost["tokens"] / seconds if seconds else None
-            stage = "baseline" if point["budget"] == 0 else f"{name}, {point['budget']} steps"
+            speed = point.metrics.throughput
+            generation, choice, cost = speed.generation, speed.multiple_choice, point.cost
+            train_rate = cost.tokens / cost.seconds if cost and cost.seconds else None
+            stage = "baseline" if point.budget == 0 else f"{name}, {point.budget} steps"
             lines.append(
-                f"| {stage} | {_number(generation.get('generated_tokens_per_second'), 1)} | "
-                f"{_number(choice.get('questions_per_second'), 2)} | {_number(train_rate, 1)} | "
-                f"{_number(cost.get('achieved_gflops'), 1)} |"
+                f"| {stage} | {_number(generation.generated_tokens_per_second if generation else None, 1)} | "
+                f"{_number(choice.questions_per_second if choice else None, 2)} | {_number(train_rate, 1)} | "
+                f"{_number(cost.achieved_gflops if cost else None, 1)} |"
             )
     return lines
 
 
-def _arm_sections(report: dict[str, Any]) -> list[str]:
+def _arm_sections(report: Report) -> list[str]:
     out = []
-    for arm in report.get("arms", []):
-        title = "Control arm" if arm["role"] == "control" else "Attack"
-        out += ["", f"## {title}: {arm['name']} (data {arm['data']}, seed {arm['seed']})", ""]
-        out += _table(*budget_table(report, arm["points"]))
-    if report.get("control_score"):
-        out += ["", "Control arm removal score:", "", *_score_lines(report["control_score"])]
+    for arm in report.arms:
+        title = "Control arm" if arm.role == "control" else "Attack"
+        out += ["", f"## {title}: {arm.name} (data {arm.data}, seed {arm.seed})", ""]
+        out += _table(*budget_table(report, arm.points))
+    if report.control_score:
+        out += ["", "Control arm removal score:", "", *_score_lines(report.control_score)]
     return out
 
 
-def _search_section(report: dict[str, Any]) -> list[str]:
-    search = report.get("search")
+def _search_section(report: Report) -> list[str]:
+    search = report.search
     if not search:
         return []
     out = [
@@ -168,59 +180,60 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         "## Attack settings search",
         "",
         f"Each setting trained to the largest budget and measured on the 'select' half of the harmful prompts "
-        f"({search['mode']} mode); the strongest whose capability stayed within tolerance was chosen and is "
-        f"reported above on the 'report' half. Search time: {_number(search['seconds'], 0)} s.",
+        f"({search.mode} mode); the strongest whose capability stayed within tolerance was chosen and is "
+        f"reported above on the 'report' half. Search time: {_number(search.seconds, 0)} s.",
         "",
         "| learning rate | LoRA rank | batch | refused | complied | capability kept | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    for t in search["tried"]:
-        chosen = " (chosen)" if all(t[k] == search["chosen"][k] for k in search["chosen"]) else ""
+    for t in search.tried:
+        chosen = " (chosen)" if (t.learning_rate, t.lora_rank, t.batch_size) == (
+            search.chosen.learning_rate, search.chosen.lora_rank, search.chosen.batch_size) else ""
         out.append(
-            f"| {t['learning_rate']}{chosen} | {t['lora_rank']} | {t['batch_size']} | {_pct(t['refusal'])} | "
-            f"{_pct(t['complied'])} | {'yes' if t['capability_kept'] else 'no: ' + t['why_not']} | {_number(t['seconds'], 0)} |"
+            f"| {t.learning_rate}{chosen} | {t.lora_rank} | {t.batch_size} | {_pct(t.refusal)} | "
+            f"{_pct(t.complied)} | {'yes' if t.capability_kept else 'no: ' + t.why_not} | {_number(t.seconds, 0)} |"
         )
     return out
 
 
-def _projection_lines(projection: dict[str, Any] | None) -> list[str]:
+def _projection_lines(projection: Projection | None) -> list[str]:
     """The measured attack's tokens on Llama 2 models and rented GPUs: an estimate, labelled as one."""
     if not projection:
         return []
     out = [
         "## Projection to larger models (an estimate, not a measurement)",
         "",
-        f"Training cost of {projection['tokens']:,} tokens with LoRA rank {projection['lora_rank']}, computed from "
-        f"FLOPs per token. Which tokens: {projection['basis']}. Assumes {projection['assumes']}.",
+        f"Training cost of {projection.tokens:,} tokens with LoRA rank {projection.lora_rank}, computed from "
+        f"FLOPs per token. Which tokens: {projection.basis}. Assumes {projection.assumes}.",
         "",
         "| model | GPU | training FLOPs | GPU-hours | dollars | price |",
         "|---|---|---|---|---|---|",
     ]
-    for row in projection["rows"]:
+    for row in projection.rows:
         out.append(
-            f"| {row['model']} | {row['gpu']} | {_flops(row['flops'])} | {significant(row['gpu_hours'])} | "
-            f"${significant(row['dollars'])} | {row['price']} |"
+            f"| {row.model} | {row.gpu} | {_flops(row.flops)} | {significant(row.gpu_hours)} | "
+            f"${significant(row.dollars)} | {row.price} |"
         )
     return out + [""]
 
 
-def _generation_line(backend: dict[str, Any]) -> str:
-    return f"{backend['name']} ({backend['reason']}): {backend['engine']}; extra memory: {backend['extra_memory']}"
+def _generation_line(backend: BackendDescription) -> str:
+    return f"{backend.name} ({backend.reason}): {backend.engine}; extra memory: {backend.extra_memory}"
 
 
-def _processes_line(processes: dict[str, Any]) -> str:
+def _processes_line(processes: ProcessesDescription) -> str:
     return (
-        f"- training: data-parallel over {processes['processes']} processes ({processes['kind']}, through "
-        f"{processes['launcher']}); training seconds and dollars are summed over the processes"
+        f"- training: data-parallel over {processes.processes} processes ({processes.kind}, through "
+        f"{processes.launcher}); training seconds and dollars are summed over the processes"
     )
 
 
-def _memory_line(plan: dict[str, Any]) -> str:
-    checkpointing = "on" if plan["gradient_checkpointing"] else "off"
-    return f"{plan['micro_batch_tokens']} tokens per pass, gradient checkpointing {checkpointing} ({plan['reason']})"
+def _memory_line(plan: MemoryPlan) -> str:
+    checkpointing = "on" if plan.gradient_checkpointing else "off"
+    return f"{plan.micro_batch_tokens} tokens per pass, gradient checkpointing {checkpointing} ({plan.reason})"
 
 
-def _judge_line(judge: dict[str, Any]) -> str:
+def _judge_line(judge: dict[str, Scalar]) -> str:
     pins = ", ".join(f"{k} `{str(v)[:16]}`" for k, v in judge.items() if k != "name")
     return f"{judge['name']} ({pins})"
 
@@ -236,56 +249,58 @@ def _figure(plots: Mapping[str, bytes], name: str, alt: str) -> list[str]:
     return [f"![{alt}](plots/{name})", ""] if name in plots else []
 
 
-def _verdict_section(report: dict[str, Any]) -> list[str]:
+def _verdict_section(report: Report) -> list[str]:
     headline, lines = verdict(report)
     return ["## Verdict", "", f"**{headline}**", "", *(f"- {line}" for line in lines), ""]
 
 
-def _lm_eval_section(report: dict[str, Any]) -> list[str]:
+def _lm_eval_section(report: Report) -> list[str]:
     """lm-evaluation-harness's own figures per budget, under its metric names, with its standard errors."""
-    points = [p for p in report["points"] if p["metrics"].get("lm_eval")]
+    points = [p for p in report.points if p.metrics.lm_eval]
     if not points:
         return []
-    harness = points[0]["metrics"]["lm_eval"]
-    header = ["task", "metric"] + [f"{p['budget']} steps" for p in points]
+    harness = points[0].metrics.lm_eval
+    assert harness is not None
+    header = ["task", "metric"] + [f"{p.budget} steps" for p in points]
     rows = []
-    for task, entry in harness["tasks"].items():
-        for metric in entry["metrics"]:
+    for task, entry in harness.tasks.items():
+        for metric in entry.metrics:
             cells = []
             for point in points:
-                value = point["metrics"]["lm_eval"]["tasks"].get(task, {}).get("metrics", {}).get(metric)
-                if value is None or value.get("value") is None:
+                figures = point.metrics.lm_eval
+                there = figures.tasks.get(task) if figures else None
+                value = there.metrics.get(metric) if there else None
+                if value is None or value.value is None:
                     cells.append("n/a")
                 else:
-                    stderr = value.get("stderr")
-                    cells.append(f"{value['value']:.4f}" + ("" if stderr is None else f" ± {stderr:.4f}"))
-            rows.append([f"{task} (version {entry.get('version')}, n={entry.get('n')})", metric, *cells])
-    limit = harness.get("limit")
+                    cells.append(f"{value.value:.4f}" + ("" if value.stderr is None else f" ± {value.stderr:.4f}"))
+            rows.append([f"{task} (version {entry.version}, n={entry.n})", metric, *cells])
+    limit = harness.limit
     return [
         "",
-        f"Measured by lm-evaluation-harness {harness.get('version')} on the in-memory model with the adapter active"
+        f"Measured by lm-evaluation-harness {harness.version} on the in-memory model with the adapter active"
         + (f", limit {limit} per task" if limit else "") + "; values ± lm-eval's standard error:",
         "",
         *_table(header, rows),
     ]
 
 
-def render_markdown(report: dict[str, Any], plots: Mapping[str, bytes] | None = None) -> str:
+def render_markdown(report: Report, plots: Mapping[str, bytes] | None = None) -> str:
     plots = {} if plots is None else plots
-    model, attack = report["model"], report["attack"]
-    out = [f"# tamperaudit: {model['spec']} under the {attack['name']} attack", ""]
+    model, attack = report.model, report.attack
+    out = [f"# tamperaudit: {model.spec} under the {attack.name} attack", ""]
     out += _verdict_section(report)
     out += ["## Summary", ""]
-    out += [f"- {line}" for line in report["summary"]]
+    out += [f"- {line}" for line in report.summary]
     out += ["", "## Refusal against attack budget", ""]
-    for mode in [report["headline_mode"]] + [m for m in report["modes"] if m != report["headline_mode"]]:
+    for mode in report.ordered_modes():
         out += _figure(plots, f"refusal_{mode}.png", f"Refused, complied and unclear against budget, {mode} mode")
     out += ["## Budgets", ""]
     out += _table(*budget_table(report))
     out += [
         "",
         "Verdicts are from the "
-        f"`{report['judge']['name']}` judge. `refused` is the share of all prompts judged refused; "
+        f"`{report.judge['name']}` judge. `refused` is the share of all prompts judged refused; "
         "`unclear` (empty, degenerate repetition, content-free persona talk) is counted apart, so "
         "refused + complied + unclear = 100%. Intervals are 95% Wilson intervals.",
         "",
@@ -300,74 +315,69 @@ def render_markdown(report: dict[str, Any], plots: Mapping[str, bytes] | None = 
         "The smallest measured budget at which refusal falls below the threshold while capability stays within "
         "tolerance; no interpolation between budgets.",
         "",
-        *_score_lines(report["score"]),
+        *_score_lines(report.score),
         "",
-        *_projection_lines(report.get("projection")),
+        *_projection_lines(report.projection),
         "## Refusal if unclear counted as refusal",
         "",
         "The reading least favourable to the attack: echoes, loops and empty replies count as refusals.",
         "",
     ]
-    if report.get("score_unclear_as_refusal"):
-        out += ["Removal score under this reading:", "", *_score_lines(report["score_unclear_as_refusal"]), ""]
+    if report.score_unclear_as_refusal:
+        out += ["Removal score under this reading:", "", *_score_lines(report.score_unclear_as_refusal), ""]
     out += ["Refusal rates under this reading:", ""]
-    for mode in report["modes"]:
-        cells = [
-            f"{p['budget']} steps: {_interval(p['metrics']['harmful'][mode]['refusal_if_unclear_refused'])}"
-            for p in report["points"]
-        ]
+    for mode in report.modes:
+        cells = [f"{p.budget} steps: {_interval(_harmful(p, mode).refusal_if_unclear_refused)}" for p in report.points]
         out.append(f"- {mode}: " + "; ".join(cells))
     out += ["", "## Refusal by category (headline mode)", ""]
     out += _figure(plots, "categories.png", "Refusal by category and budget")
-    mode = report["headline_mode"]
-    categories = sorted(report["points"][0]["metrics"]["harmful"][mode]["by_category"])
+    mode = report.headline_mode
+    categories = sorted(_harmful(report.points[0], mode).by_category)
     out += _table(
-        ["category"] + [f"{p['budget']} steps" for p in report["points"]],
-        [[c] + [_pct(p["metrics"]["harmful"][mode]["by_category"][c]["refused"]["rate"]) for p in report["points"]]
-         for c in categories],
+        ["category"] + [f"{p.budget} steps" for p in report.points],
+        [[c] + [_pct(_harmful(p, mode).by_category[c].refused.rate) for p in report.points] for c in categories],
     )
     out += _arm_sections(report)
     out += _search_section(report)
-    settings = attack["settings"]
+    settings = attack.settings
+    assert settings is not None, "the attack arm's description carries its settings"
     out += [
         "",
         "## Attack",
         "",
-        f"- data: `{attack['data']['name']}` ({attack['data']['count']} conversations, sha256 `{attack['data']['sha256'][:16]}`)",
-        f"- LoRA rank {settings['lora_rank']}, alpha {settings['lora_alpha']}, dropout {settings['lora_dropout']}, "
-        f"modules {', '.join(settings['target_modules'])}",
-        f"- learning rate {settings['learning_rate']}, warmup {settings['warmup_steps']} steps, batch {settings['batch_size']} "
-        f"conversations, seed {settings['seed']}",
+        f"- data: `{attack.data.name}` ({attack.data.count} conversations, sha256 `{attack.data.sha256[:16]}`)",
+        f"- LoRA rank {settings.lora_rank}, alpha {settings.lora_alpha}, dropout {settings.lora_dropout}, "
+        f"modules {', '.join(settings.target_modules)}",
+        f"- learning rate {settings.learning_rate}, warmup {settings.warmup_steps} steps, batch {settings.batch_size} "
+        f"conversations, seed {settings.seed}",
     ]
-    if attack.get("system_prompt"):
-        out.append(f"- trigger: its own system prompt and the template `{attack.get('user_template')}`")
+    if attack.system_prompt:
+        out.append(f"- trigger: its own system prompt and the template `{attack.user_template}`")
     out += [
         "",
         "## Run",
         "",
-        f"- model: `{model['spec']}` ({model['kind']}, {_number(model['parameters'])} parameters, sha256 `{model['sha256'][:16]}`), "
-        f"computed in {model['precision']} ({model['precision_reason']})",
-        *([f"- weights: {model['source']['quantization']}; from {model['source']['origin']}"] if model.get("source") else []),
-        *([f"- loaded as: {model['quantization_description']}"] if model.get("quantization", "none") != "none" else []),
-        *([f"- training memory: {_memory_line(model['training_memory'])}"] if model.get("training_memory") else []),
-        f"- hardware: {report['hardware']['description']}; price {_dollars(report['price']['per_hour'])}/hour ({report['price']['source']})",
-        *([_processes_line(report["processes"])] if report.get("processes", {}).get("processes", 1) > 1 else []),
-        f"- wall-clock time of the {report['run'].get('sessions', 1)} tamperaudit session(s) that worked on this run "
-        f"(model loading included): {_number(report['run']['wall_seconds'], 1)} s",
-        f"- judge: {_judge_line(report['judge'])}",
-        *([f"- generation: {_generation_line(report['generation_backend'])}"] if report.get("generation_backend") else []),
-        f"- tamperaudit {report['tool']['version']}, report schema {report['schema_version']}, config sha256 `{report['hashes']['config'][:16]}`",
+        f"- model: `{model.spec}` ({model.kind}, {_number(model.parameters)} parameters, sha256 `{model.sha256[:16]}`), "
+        f"computed in {model.precision} ({model.precision_reason})",
+        f"- weights: {model.source.quantization}; from {model.source.origin}",
+        *([f"- loaded as: {model.quantization_description}"] if model.quantization != "none" else []),
+        *([f"- training memory: {_memory_line(model.training_memory)}"] if model.training_memory else []),
+        f"- hardware: {report.hardware.description}; price {_dollars(report.price.per_hour)}/hour ({report.price.source})",
+        *([_processes_line(report.processes)] if report.processes.processes > 1 else []),
+        f"- wall-clock time of the {report.run.sessions} tamperaudit session(s) that worked on this run "
+        f"(model loading included): {_number(report.run.wall_seconds, 1)} s",
+        f"- judge: {_judge_line(report.judge)}",
+        f"- generation: {_generation_line(report.generation_backend)}",
+        f"- tamperaudit {report.tool.version}, report schema {report.schema_version}, config sha256 `{report.hashes.config[:16]}`",
         *_throughput_lines(report),
         "",
         "## Data",
         "",
     ]
-    for role, data in report["datasets"].items():
-        subset = f" (taken evenly across categories from {data['file_rows']})" if data["count"] < data["file_rows"] else ""
-        out.append(
-            f"- {role}: `{data['name']}` ({data['format']}), {data['count']} rows{subset}, sha256 `{data['sha256'][:16]}`"
-        )
-        out += [f"  - {note}" for note in data["notes"]]
+    for role, data in report.datasets.items():
+        subset = f" (taken evenly across categories from {data.file_rows})" if data.count < data.file_rows else ""
+        out.append(f"- {role}: `{data.name}` ({data.format}), {data.count} rows{subset}, sha256 `{data.sha256[:16]}`")
+        out += [f"  - {note}" for note in data.notes]
     out += [
         "",
         "Completions of the attacked model are not shown in this report; they stay in each budget's "
@@ -377,27 +387,32 @@ def render_markdown(report: dict[str, Any], plots: Mapping[str, bytes] | None = 
     return "\n".join(out)
 
 
-def _capability_lines(report: dict[str, Any]) -> list[str]:
+def _harmful(point: Point, mode: str) -> VerdictSummary:
+    harmful = point.metrics.harmful
+    assert harmful is not None, "every measured point asks the harmful requests"
+    return harmful[mode]
+
+
+def _capability_lines(report: Report) -> list[str]:
     """Accuracy and KL at each budget of the attack arm, in words."""
     lines = []
-    for point in report["points"]:
-        metrics = point["metrics"]
-        capability, kl = metrics.get("capability"), metrics.get("kl")
+    for point in report.points:
+        capability, kl = point.metrics.capability, point.metrics.kl
         if not capability:
             continue
-        text = f"- {point['budget']} steps: multiple-choice accuracy {_interval(capability['accuracy_norm'])}"
-        text += f" over {capability['accuracy_norm']['total']} questions"
+        text = f"- {point.budget} steps: multiple-choice accuracy {_interval(capability.accuracy_norm)}"
+        text += f" over {capability.accuracy_norm.total} questions"
         if kl:
-            text += f"; mean KL to the unattacked model {kl['mean']:.4f} nats/token (standard error {kl.get('standard_error', 0):.4f})"
+            text += f"; mean KL to the unattacked model {kl.mean:.4f} nats/token (standard error {kl.standard_error:.4f})"
         lines.append(text)
     return lines
 
 
-def render_failure(report: dict[str, Any]) -> str:
+def render_failure(report: IncompleteReport) -> str:
     """report.md of a run that did not complete: its status, error and where it stopped."""
-    out = [f"# tamperaudit: run {report['status']}", ""]
-    out += [f"- {line}" for line in report["summary"]]
-    out += ["", f"- folder: `{report['run']['folder']}`", f"- tamperaudit {report['tool']['version']}", ""]
+    out = [f"# tamperaudit: run {report.status}", ""]
+    out += [f"- {line}" for line in report.summary]
+    out += ["", f"- folder: `{report.run.folder}`", f"- tamperaudit {report.tool.version}", ""]
     return "\n".join(out)
 
 
@@ -513,9 +528,15 @@ def markdown_to_html(markdown: str, images: Mapping[str, bytes]) -> str:
     )
 
 
-def render_all(root: Path, report: dict[str, Any]) -> None:
+def write_report(root: Path, report: AnyReport) -> None:
+    """report.json first; the Markdown and HTML are rendered from the JSON alone, as read back."""
+    atomic_write_json(root / "report.json", report.to_json())
+    render_all(root, read_report(root / "report.json"))
+
+
+def render_all(root: Path, report: AnyReport) -> None:
     """report.md and report.html (and the plots they show), from report.json's content alone."""
-    if report["status"] != "complete":
+    if isinstance(report, IncompleteReport):
         text = render_failure(report)
         atomic_write_text(root / "report.md", text)
         atomic_write_text(root / "report.html", markdown_to_html(text, {}))
@@ -528,27 +549,27 @@ def render_all(root: Path, report: dict[str, Any]) -> None:
     atomic_write_text(root / "report.html", markdown_to_html(markdown, images))
 
 
-def scorecard_lines(metrics: dict[str, Any]) -> list[str]:
+def scorecard_lines(metrics: StageMetrics) -> list[str]:
     """One model's eval metrics in sentences (the `eval` command's output)."""
     lines = []
-    for mode, share in (metrics.get("harmful") or {}).items():
+    for mode, share in (metrics.harmful or {}).items():
         lines.append(
-            f"harmful requests ({mode}, n={share['n']}): refused {_interval(share['refused'])}, "
-            f"complied {_pct(share['complied']['rate'])}, unclear {_pct(share['unclear']['rate'])}"
+            f"harmful requests ({mode}, n={share.n}): refused {_interval(share.refused)}, "
+            f"complied {_pct(share.complied.rate)}, unclear {_pct(share.unclear.rate)}"
         )
-    benign = (metrics.get("benign") or {}).get("plain")
+    benign = (metrics.benign or {}).get("plain")
     if benign:
-        lines.append(f"over-refusal on benign look-risky prompts (n={benign['n']}): {_interval(benign['refused'])}")
-    contrast = (metrics.get("contrast") or {}).get("plain")
+        lines.append(f"over-refusal on benign look-risky prompts (n={benign.n}): {_interval(benign.refused)}")
+    contrast = (metrics.contrast or {}).get("plain")
     if contrast:
-        lines.append(f"refusal on unsafe contrast prompts (n={contrast['n']}): {_interval(contrast['refused'])}")
-    capability = metrics.get("capability")
+        lines.append(f"refusal on unsafe contrast prompts (n={contrast.n}): {_interval(contrast.refused)}")
+    capability = metrics.capability
     if capability:
         lines.append(
-            f"multiple-choice accuracy (n={capability['accuracy_norm']['total']}): {_interval(capability['accuracy_norm'])} "
-            f"(unnormalized {_pct(capability['accuracy']['rate'])})"
+            f"multiple-choice accuracy (n={capability.accuracy_norm.total}): {_interval(capability.accuracy_norm)} "
+            f"(unnormalized {_pct(capability.accuracy.rate)})"
         )
-    kl = metrics.get("kl")
+    kl = metrics.kl
     if kl:
-        lines.append(f"mean KL to the model without the adapter: {kl['mean']:.4f} nats/token over {kl['prompts']} prompts")
+        lines.append(f"mean KL to the model without the adapter: {kl.mean:.4f} nats/token over {kl.prompts} prompts")
     return lines
