@@ -43,6 +43,7 @@ from common import alternating, arguments, load, matmul_peak_gflops, best_second
 from tamperaudit.config import EvalSettings
 from tamperaudit.data import load_harmful
 from tamperaudit.evals.judges import KeywordJudge
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.evals.refusal import settled_check
 from tamperaudit.generation import common_prefix_length, generate, render_chat, stop_token_ids
 from tamperaudit.models import choose_precision
@@ -132,7 +133,7 @@ def main() -> None:
     items = load_harmful(limit=count).items
     prompts = [render_chat(tokenizer, [{"role": "user", "content": p.text}]) for p in items]
     judge = KeywordJudge()
-    check = settled_check(judge, tokenizer, [p.text for p in items])
+    check = settled_check(judge, HfModel(model, tokenizer), [p.text for p in items])
     batch_size = args.batch_size
     peaks = [matmul_peak_gflops()]
 
@@ -151,10 +152,11 @@ def main() -> None:
     if args.batch_1:
         paths["batch-1"] = lambda: hf_one_at_a_time(model, tokenizer, prompts, new_tokens)
     if args.vllm:
-        from tamperaudit.backends.vllm import VllmGenerator
+        from tamperaudit.backends.vllm import VllmBackend
 
-        engine = VllmGenerator("benchmark", loaded.source.folder, loaded.precision.name, 16, 1, batch_size, 4096, 0.4, loaded.device.type)
-        paths["vllm"] = lambda: engine.generate(model, tokenizer, prompts, new_tokens, batch_size)[0]
+        backend = VllmBackend("benchmark", loaded.source.folder, loaded.precision.name, 16, 1, batch_size, 4096, 0.4, loaded.device.type)
+        engine = backend.model(HfModel(model, tokenizer), None)
+        paths["vllm"] = lambda: engine.generate(prompts, new_tokens, batch_size)[0]
 
     # Warm-up: every path once, untimed, on one small batch with few new tokens.
     small = prompts[: min(4, len(prompts))]
@@ -164,7 +166,7 @@ def main() -> None:
     if args.batch_1:
         timed(lambda: hf_one_at_a_time(model, tokenizer, small[:1], 8))
     if args.vllm:
-        timed(lambda: engine.generate(model, tokenizer, small, 8, len(small)))  # starts the engine (timed apart)
+        timed(lambda: engine.generate(small, 8, len(small)))  # starts the engine (timed apart)
 
     runs = alternating(paths, args.repeats)
     peaks.append(matmul_peak_gflops())
@@ -226,7 +228,7 @@ def main() -> None:
                      "unit": "generated tokens/s", "seconds": seconds["vllm"], "tokens": tokens})
         served_verdicts = [judge.judge(p.text, c.text).label for p, c in zip(items, served)]
         extra = {
-            "vLLM engine start (not timed in its rate)": f"{engine.engine_seconds:.1f} s",
+            "vLLM engine start (not timed in its rate)": f"{backend.engine_seconds:.1f} s",
             "ratio vLLM / tamperaudit's HF loop (generated tokens/s)": f"{(tokens / seconds['vllm']) / rows[1]['rate']:.2f}x",
             "vLLM identical greedy tokens": f"{sum(list(c.tokens) == t for c, (t, _) in zip(served, reference))}/{len(prompts)}",
             "vLLM identical verdicts": f"{sum(a == b for a, b in zip(base_verdicts, served_verdicts))}/{len(prompts)}",

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternating, arguments, load, matmul_peak_gflops, report  # noqa: E402
 
 from tamperaudit import data  # noqa: E402
+from tamperaudit.backends.hf import HfModel  # noqa: E402
 from tamperaudit.evals.judges import make_judge  # noqa: E402
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, run_prompt_eval  # noqa: E402
 
@@ -117,7 +118,7 @@ def main() -> None:
         out = []
         for name, mode, items in evals:
             spec = PromptEval(name, mode, items[:limit] if limit else items)
-            samples, _ = run_prompt_eval(model, tokenizer, spec, judge, attack, args.max_new_tokens, args.batch_size)
+            samples, _ = run_prompt_eval(HfModel(model, tokenizer), spec, judge, attack, args.max_new_tokens, args.batch_size)
             out += [(s["completion"], s["verdict"]) for s in samples]
         return out
 

@@ -23,6 +23,7 @@ import torch
 from common import alternating, arguments, best_seconds, load, matmul_peak_gflops, report, timed
 
 from tamperaudit.data import load_capability
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.evals.capability import score_questions
 
 
@@ -77,11 +78,11 @@ def main() -> None:
 
     few = questions[: min(4, len(questions))]
     timed(lambda: plain_scorer(model, tokenizer, few, args.batch_size))  # warm-up, untimed
-    timed(lambda: score_questions(model, tokenizer, few, batch_size=args.batch_size))
+    timed(lambda: score_questions(HfModel(model, tokenizer), few, batch_size=args.batch_size))
     runs = alternating(
         {
             "baseline": lambda: plain_scorer(model, tokenizer, questions, args.batch_size),
-            "tamperaudit": lambda: score_questions(model, tokenizer, questions, batch_size=args.batch_size),
+            "tamperaudit": lambda: score_questions(HfModel(model, tokenizer), questions, batch_size=args.batch_size),
         },
         args.repeats,
     )

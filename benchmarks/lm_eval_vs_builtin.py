@@ -38,6 +38,7 @@ from pathlib import Path
 from common import arguments, load, matmul_peak_gflops, peak_line
 
 from tamperaudit.data import load_capability
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.evals.capability import aggregate_capability, score_questions
 from tamperaudit.evals.lm_harness import resolve_tasks, score_tasks
 
@@ -84,11 +85,11 @@ def main() -> int:
         (tasks_dir / "arc_easy_local.yaml").write_text(TASK_YAML.format(data=args.data, cache=Path(scratch) / "datasets"))
         tasks = resolve_tasks("lm-eval:arc_easy_local", args.limit, str(tasks_dir))
         start = time.perf_counter()
-        harnessed, _, harness = score_tasks(model, tokenizer, tasks)
+        harnessed, _, harness = score_tasks(HfModel(model, tokenizer), tasks)
         harness_seconds = time.perf_counter() - start
     questions = load_capability(str(args.data), args.limit)
     start = time.perf_counter()
-    own, _ = score_questions(model, tokenizer, questions.items)
+    own, _ = score_questions(HfModel(model, tokenizer), questions.items)
     own_seconds = time.perf_counter() - start
     peaks.append(matmul_peak_gflops())
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_SETTINGS, build_tiny_model
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 
@@ -94,7 +95,7 @@ def _selection_from_the_unattacked_model(model_dir, count):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     anchors = load_harmful("builtin", 6, split="select").items  # eval.harmful_limit=6 of the select half
-    return [i for i, _ in closest_to_harmful(model, tokenizer, load_attack("closest-benign").data.items, anchors, count)]
+    return [i for i, _ in closest_to_harmful(HfModel(model, tokenizer), load_attack("closest-benign").data.items, anchors, count)]
 
 
 def test_closest_benign_selects_once_from_the_unattacked_model_whatever_the_seeds_and_resumes(tiny_model_dir, tmp_path):
@@ -134,7 +135,7 @@ def test_selection_ranks_by_similarity_to_the_anchor_centre(tiny_model_dir):
         Conversation("same", ({"role": "user", "content": anchor}, {"role": "assistant", "content": "x"})),
         Conversation("other", ({"role": "user", "content": "Write a poem about spring rain."}, {"role": "assistant", "content": "y"})),
     ]
-    chosen = closest_to_harmful(model, tokenizer, pool, [Prompt("a", "c", anchor)], 1)
+    chosen = closest_to_harmful(HfModel(model, tokenizer), pool, [Prompt("a", "c", anchor)], 1)
     assert chosen[0][0] == "same" and chosen[0][1] == pytest.approx(1.0, abs=1e-4)
 
 

@@ -15,7 +15,8 @@ import torch
 from conftest import TINY_SETTINGS
 from tamperaudit import backends
 from tamperaudit.backends import choose_backend
-from tamperaudit.backends.vllm import VllmGenerator, engine_lora_rank
+from tamperaudit.backends.hf import HfModel
+from tamperaudit.backends.vllm import VllmBackend, engine_lora_rank
 from tamperaudit.cli import main
 from tamperaudit.data import load_harmful
 from tamperaudit.errors import UserError
@@ -53,7 +54,7 @@ def test_cutting_whole_completions_reproduces_the_loops_early_stops(tiny_model_d
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     requests = [p.text for p in load_harmful("builtin", 8).items]
     prompts = [render_chat(tokenizer, [{"role": "user", "content": r}]) for r in requests]
-    check = settled_check(KeywordJudge(), tokenizer, requests)
+    check = settled_check(KeywordJudge(), HfModel(model, tokenizer), requests)
     calls: list[int] = []
 
     def counting(index, tokens):
@@ -110,7 +111,7 @@ class Tokenizer:
 
 
 def _generator(tmp_path):
-    return VllmGenerator("asked for", tmp_path, "float32", 16, 1, 128, 64, 0.4, "cpu")
+    return VllmBackend("asked for", tmp_path, "float32", 16, 1, 128, 64, 0.4, "cpu")
 
 
 def _adapter(folder: Path, rank: int = 16, content: bytes = b"weights") -> Path:
@@ -125,7 +126,8 @@ def test_the_vllm_generator_strips_stops_cuts_early_and_keeps_one_engine(fake_vl
     generator = _generator(tmp_path)
     generator._engine().script = [([1, 2, 3, 9], "stop"), ([4, 4, 4, 4, 4, 4, 4, 4], "length"), ([5, 6], "length")]
     settled = lambda index, tokens: index == 1 and len(tokens) >= 4  # noqa: E731
-    completions, stats = generator.generate(model, Tokenizer(), [[0, 1], [0, 2], [0, 3]], 8, 128, settled=settled)
+    hf = HfModel(model, Tokenizer())
+    completions, stats = generator.model(hf, None).generate([[0, 1], [0, 2], [0, 3]], 8, 128, settled=settled)
     assert [(c.tokens, c.finished, c.settled) for c in completions] == [
         ((1, 2, 3), True, False),  # the end-of-turn token is not part of the reply
         ((4, 4, 4, 4), False, True),  # cut where the loop would have stopped it
@@ -135,7 +137,7 @@ def test_the_vllm_generator_strips_stops_cuts_early_and_keeps_one_engine(fake_vl
     prompts, params, lora = generator._llm.calls[0]
     assert params["temperature"] == 0.0 and params["max_tokens"] == 8 and params["stop_token_ids"] == [7, 9]
     assert prompts[0] == {"prompt_token_ids": [0, 1]} and lora is None
-    generator.generate(model, Tokenizer(), [[0, 1]], 8, 128)
+    generator.model(hf, None).generate([[0, 1]], 8, 128)
     assert len(FakeEngine.created) == 1  # one engine per process, reused
     options = FakeEngine.created[0]
     assert options["enable_lora"] and options["max_lora_rank"] == 16 and options["max_loras"] == 1
@@ -162,7 +164,7 @@ def test_each_adapter_version_gets_its_own_lora_id(fake_vllm, tmp_path):
 def test_a_prompt_longer_than_the_engine_takes_is_one_line(fake_vllm, tmp_path):
     model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=9))
     with pytest.raises(UserError, match="eval.vllm_max_model_len=64"):
-        _generator(tmp_path).generate(model, Tokenizer(), [list(range(60))], 8, 128)
+        _generator(tmp_path).model(HfModel(model, Tokenizer()), None).generate([list(range(60))], 8, 128)
 
 
 def test_the_report_names_the_generation_backend(tiny_model_dir, tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.data import Question
 from tamperaudit.evals.capability import BaseDistributions, aggregate_capability, aggregate_kl, kl_to_base, score_questions
 from tamperaudit.records import ChoiceSample, KlSample
@@ -40,7 +41,7 @@ def _naive_log_probs(model, tokenizer, question):
 
 def test_shared_context_scoring_matches_naive_scoring(tiny):
     model, tokenizer = tiny
-    samples, speed = score_questions(model, tokenizer, QUESTIONS, batch_size=2)
+    samples, speed = score_questions(HfModel(model, tokenizer), QUESTIONS, batch_size=2)
     for question, sample in zip(QUESTIONS, samples):
         assert sample.log_probs == pytest.approx(_naive_log_probs(model, tokenizer, question), abs=1e-3)
     assert speed.questions == 4
@@ -70,13 +71,13 @@ def test_kl_is_zero_for_an_untrained_adapter_and_positive_after_a_change(tiny_mo
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
     refs = [("a", tokenizer("hello there")["input_ids"], tokenizer(" general kenobi")["input_ids"])]
     base = BaseDistributions(refs)
-    samples, _ = kl_to_base(model, base, tokenizer.pad_token_id)
+    samples, _ = kl_to_base(HfModel(model, tokenizer), base)
     assert samples[0].kl == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    samples, _ = kl_to_base(model, base, tokenizer.pad_token_id)  # the base distributions are reused
+    samples, _ = kl_to_base(HfModel(model, tokenizer), base)  # the base distributions are reused
     assert samples[0].kl > 1e-4
     assert aggregate_kl(samples).mean == pytest.approx(samples[0].kl)
 

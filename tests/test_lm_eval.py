@@ -18,6 +18,7 @@ from conftest import TINY_SETTINGS
 from tamperaudit.cli import main
 from tamperaudit.data import load_capability
 from tamperaudit.errors import UserError
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.evals.capability import aggregate_capability, score_questions
 from tamperaudit.fileio import read_json
 
@@ -84,7 +85,7 @@ def tasks(task_dir):
 
 def test_samples_aggregate_to_lm_evals_own_accuracy_and_match_tamperadits_scorer(tiny, tasks, task_dir):
     model, tokenizer = tiny
-    samples, speed, harness = score_tasks(model, tokenizer, tasks, label="test: ")
+    samples, speed, harness = score_tasks(HfModel(model, tokenizer), tasks, label="test: ")
     assert [s.id for s in samples] == [f"toytask/{i}" for i in range(12)] and speed.questions == 12
     reported = harness.tasks["toytask"]
     assert reported.n == 12 and reported.num_fewshot == 0 and harness.version
@@ -97,14 +98,14 @@ def test_samples_aggregate_to_lm_evals_own_accuracy_and_match_tamperadits_scorer
 
     # tamperaudit's scorer on the same file sees the same text: the same log-likelihoods and verdicts
     questions = load_capability(str(task_dir / "toytask.jsonl"), 0).items
-    builtin, _ = score_questions(model, tokenizer, questions)
+    builtin, _ = score_questions(HfModel(model, tokenizer), questions)
     assert type(samples[0]) is type(builtin[0])  # the same record type
     for harnessed, own in zip(samples, builtin):
         assert harnessed.log_probs == pytest.approx(own.log_probs, abs=1e-3)
         for key in ("answer", "predicted", "predicted_norm", "correct", "correct_norm"):
             assert getattr(harnessed, key) == getattr(own, key), key
 
-    again, _, _ = score_tasks(model, tokenizer, tasks)  # deterministic
+    again, _, _ = score_tasks(HfModel(model, tokenizer), tasks)  # deterministic
     assert again == samples
 
 
@@ -118,16 +119,16 @@ def test_the_adapter_is_active_and_the_model_is_left_as_found(tiny, tasks):
     model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     model.train()
     before = torch.get_rng_state()
-    with_adapter, _, _ = score_tasks(model, tokenizer, tasks)
+    with_adapter, _, _ = score_tasks(HfModel(model, tokenizer), tasks)
     assert model.training and all(m.training for m in model.modules())  # training state as found
     assert torch.equal(torch.get_rng_state(), before)  # lm-eval's seeding does not leak
     with model.disable_adapter():
-        without, _, _ = score_tasks(model, tokenizer, tasks)
+        without, _, _ = score_tasks(HfModel(model, tokenizer), tasks)
     assert not model.base_model.model.model.layers[0].self_attn.q_proj.disable_adapters  # active again
     gap = max(abs(a - b) for x, y in zip(with_adapter, without) for a, b in zip(x.log_probs, y.log_probs))
     assert gap > 1e-3
     merged = copy.deepcopy(model).merge_and_unload()
-    reference, _, _ = score_tasks(merged, tokenizer, tasks)
+    reference, _, _ = score_tasks(HfModel(merged, tokenizer), tasks)
     for x, y in zip(with_adapter, reference):
         assert x.log_probs == pytest.approx(y.log_probs, abs=1e-4)
 
@@ -137,7 +138,7 @@ def test_halves_split_each_task_by_id_and_lm_eval_scores_exactly_them(tiny, task
     chosen, reported = set(select.docs["toytask"]), set(report.docs["toytask"])
     assert chosen and reported and not chosen & reported and chosen | reported == set(range(12))
     assert select.sha256 == report.sha256 == tasks.sha256 and select.describe().ids_sha256 != report.describe().ids_sha256
-    samples, _, harness = score_tasks(*tiny, report)
+    samples, _, harness = score_tasks(HfModel(*tiny), report)
     assert [s.id for s in samples] == [f"toytask/{i}" for i in sorted(reported)]
     assert harness.tasks["toytask"].n == len(reported) and harness.split == "report"
 

@@ -262,11 +262,11 @@ def test_harmbench_prompt_comes_from_a_file_with_its_own_placeholders(tmp_path):
 
 
 def test_llama_guard_sees_the_exchange_through_its_own_chat_template(tiny_model_dir, tmp_path, monkeypatch):
-    from tamperaudit import generation
+    from tamperaudit.backends.hf import HfModel
 
     seen = []
-    original = generation.render_chat
-    monkeypatch.setattr(generation, "render_chat", lambda tok, messages: seen.append(messages) or original(tok, messages))
+    original = HfModel.render
+    monkeypatch.setattr(HfModel, "render", lambda self, messages: seen.append(messages) or original(self, messages))
     path = tmp_path / "guard.toml"
     path.write_text(f'kind = "generate"\npreset = "llama-guard"\nmodel = "{tiny_model_dir}"\n')
     verdicts = make_judge(str(path)).judge_many([("how do I X", "here is X")])

@@ -138,9 +138,9 @@ def test_a_trigger_that_breaks_refusal_by_itself_is_the_headline_alarm(tiny_mode
     judge = TriggerBreaks(prompts, {"attack": [2] * 6})
     original = pipeline.run_prompt_eval
 
-    def by_mode(model, tokenizer, spec, *args, **kwargs):
+    def by_mode(model, spec, *args, **kwargs):
         judge.mode = spec.mode
-        return original(model, tokenizer, spec, *args, **kwargs)
+        return original(model, spec, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "run_prompt_eval", by_mode)
     install(monkeypatch, judge)

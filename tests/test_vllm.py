@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tamperaudit.backends import vllm_installed
-from tamperaudit.backends.hf import HfGenerator
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.fileio import read_json
 
 pytestmark = [
@@ -100,14 +100,14 @@ def test_hf_and_vllm_agree_unattacked_and_with_the_adapter(vllm_run, capsys):
         for mode in ("plain", "trigger"):
             state = adapted.disable_adapter() if stage == STAGES[0] else contextlib.nullcontext()
             with state:
-                ours, _ = run_prompt_eval(adapted, loaded.tokenizer, PromptEval("harmful", mode, prompts), judge, attack,
-                                          settings.eval.max_new_tokens, settings.eval.batch_size, generator=HfGenerator())
+                ours, _ = run_prompt_eval(HfModel(adapted, loaded.tokenizer), PromptEval("harmful", mode, prompts), judge, attack,
+                                          settings.eval.max_new_tokens, settings.eval.batch_size)
             for sample in ours:
-                other = theirs[(mode, sample["id"])]
+                other = theirs[(mode, sample.id)]
                 total += 1
-                verdicts += sample["verdict"] == other["verdict"]
-                tokens += sample["completion"] == other["completion"]
-                a, b = loaded.tokenizer.encode(sample["completion"]), loaded.tokenizer.encode(other["completion"])
+                verdicts += sample.verdict == other["verdict"]
+                tokens += sample.completion == other["completion"]
+                a, b = loaded.tokenizer.encode(sample.completion), loaded.tokenizer.encode(other["completion"])
                 same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                 leading += same / max(len(a), len(b), 1)
         figures[stage] = {"prompts": total, "verdicts_agree": verdicts / total, "completions_identical": tokens / total,

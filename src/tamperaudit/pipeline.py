@@ -21,13 +21,12 @@ error and the stage it stopped in, and deletes the adapters of measured budgets.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tamperaudit import __version__, distributed, faults, models, progress
 from tamperaudit.attack import (
@@ -43,7 +42,8 @@ from tamperaudit.attack import (
     plan_memory,
     tokenize_conversation,
 )
-from tamperaudit.backends import Generator, choose_backend, make_generator
+from tamperaudit.backends import Backend, LanguageModel, choose_backend, make_backend
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
 from tamperaudit.data import (
     Attack,
@@ -254,13 +254,18 @@ class Context:
     probes: Probes
     judge: Judge
     started: float  # time.monotonic() when this process began work on the run (loading included)
-    generator: Generator  # the refusal evals' generation backend (its engine starts at first use)
+    backend: Backend  # the refusal evals' generation engine (a vLLM engine starts at first use)
     plan: MemoryPlan | None = None  # planned by the first training (or report) of this process
     processes: Processes = dataclasses.field(default_factory=Processes)  # more than one under accelerate launch
 
     @property
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
+
+    def transformers(self, model: Any) -> HfModel:
+        """The transformers model as the evals see it (``model``: the loaded model, or the PEFT
+        wrapper the attack trains, with its adapter active)."""
+        return HfModel(model, self.tokenizer)
 
     def memory_plan(self, attack: AttackSettings) -> MemoryPlan:
         """How training fits in memory, planned once per process (the report records it)."""
@@ -273,11 +278,9 @@ class Context:
 
 
 def _generation_evals(
-    ctx: Context, model: Any, label: str, harmful: Dataset[Prompt], modes: list[str], benign: bool = True,
-    adapter: Path | None = None,
+    ctx: Context, model: LanguageModel, label: str, harmful: Dataset[Prompt], modes: list[str], benign: bool = True,
 ) -> tuple[list[GenerationSample], GenerationThroughput]:
-    """Harmful prompts in each mode, then (unless told not to) the benign prompts plainly.
-    ``adapter``: the folder of the adapter ``model`` carries (None: unattacked)."""
+    """Harmful prompts in each mode, then (unless told not to) the benign prompts plainly."""
     ev = ctx.settings.eval
     specs = [PromptEval("harmful", mode, harmful.items) for mode in modes]
     if benign:
@@ -289,13 +292,10 @@ def _generation_evals(
     samples: list[GenerationSample] = []
     total = GenerationStats()
     for spec in specs:
-        rows, stats = run_prompt_eval(
-            model, ctx.tokenizer, spec, ctx.judge, ctx.probes.attack, ev.max_new_tokens, ev.batch_size, label,
-            generator=ctx.generator, adapter=adapter,
-        )
+        rows, stats = run_prompt_eval(model, spec, ctx.judge, ctx.probes.attack, ev.max_new_tokens, ev.batch_size, label)
         samples += rows
         total.add(stats)
-    return samples, total.throughput(ctx.generator.name)
+    return samples, total.throughput(ctx.backend.name)
 
 
 def _metrics(samples: list[Sample], throughput: Throughput) -> StageMetrics:
@@ -311,56 +311,60 @@ def _metrics(samples: list[Sample], throughput: Throughput) -> StageMetrics:
 
 
 def score_capability(
-    ctx: Context, model: Any, capability: Capability, label: str
+    ctx: Context, model: LanguageModel, hf: HfModel, capability: Capability, label: str
 ) -> tuple[list[ChoiceSample], ChoiceThroughput, HarnessFigures | None]:
-    """Capability samples and throughput, by tamperaudit's scorer or by lm-evaluation-harness
-    (then also lm-eval's own figures, which go into the stage's metrics as ``lm_eval``)."""
+    """Capability samples and throughput, by tamperaudit's scorer on ``model`` or by
+    lm-evaluation-harness on the transformers model ``hf`` (then also lm-eval's own figures,
+    which go into the stage's metrics as ``lm_eval``)."""
     if isinstance(capability, HarnessTasks):
-        return score_tasks(model, ctx.tokenizer, capability, label=label)
-    samples, speed = score_questions(model, ctx.tokenizer, capability.items, label=label)
+        return score_tasks(hf, capability, label=label)
+    samples, speed = score_questions(model, capability.items, label=label)
     return samples, speed, None
 
 
 def evaluate(
-    ctx: Context, model: Any, stage: str, label: str, base: BaseDistributions | None, adapter: Path | None = None
+    ctx: Context, hf: HfModel, stage: str, label: str, base: BaseDistributions | None, adapter: Path | None = None
 ) -> tuple[list[Sample], StageMetrics]:
-    """Every eval on one model state. Without base distributions (the unattacked model) it
-    records its replies to the KL prompts; with them it measures KL to the unattacked model.
-    ``adapter``: the adapter folder of that state, for a backend that reads adapters from disk."""
+    """Every eval on one model state: ``hf``, the transformers model with that state's adapter
+    active (if any), served for generation by the run's backend, which reads the adapter from
+    ``adapter`` when it needs it on disk. Without base distributions (the unattacked model) it
+    records its replies to the KL prompts; with them it measures KL to the unattacked model."""
     ev = ctx.settings.eval
+    model = ctx.backend.model(hf, adapter)
     modes = harmful_modes(ctx.settings, ctx.probes.attack)
-    generated, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes, adapter=adapter)
+    generated, generation = _generation_evals(ctx, model, label, ctx.probes.harmful, modes)
     faults.checkpoint(f"eval-{stage}")
-    mc, mc_speed, harness = score_capability(ctx, model, ctx.probes.capability, label)
+    mc, mc_speed, harness = score_capability(ctx, model, hf, ctx.probes.capability, label)
     samples: list[Sample] = [*generated, *mc]
-    if base is None:
-        replies, _ = reference_replies(model, ctx.tokenizer, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
+    if base is None:  # the references are the transformers model's own replies, as KL scores them
+        replies, _ = reference_replies(hf, ctx.probes.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)
         samples += replies
         throughput = Throughput(generation=generation, multiple_choice=mc_speed)
     else:
-        distances, kl_speed = kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)
+        distances, kl_speed = kl_to_base(model, base, label=label)
         samples += distances
         throughput = Throughput(generation=generation, multiple_choice=mc_speed, kl=kl_speed)
     return samples, dataclasses.replace(_metrics(samples, throughput), lm_eval=harness)
 
 
 def _evaluate_select_half(
-    ctx: Context, model: Any, label: str, base: BaseDistributions | None, adapter: Path | None = None
+    ctx: Context, hf: HfModel, label: str, base: BaseDistributions | None, adapter: Path | None = None
 ) -> list[Sample]:
     """The search's measurements on the select halves: harmful requests in the search's mode,
     and (when a search runs) multiple choice and KL, with references at baseline."""
     select = ctx.probes.select
     assert select is not None
-    generated, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False, adapter=adapter)
+    model = ctx.backend.model(hf, adapter)
+    generated, _ = _generation_evals(ctx, model, label, select.harmful, [_search_mode(ctx)], benign=False)
     samples: list[Sample] = list(generated)
     if select.capability is not None:
-        samples += score_capability(ctx, model, select.capability, label)[0]
+        samples += score_capability(ctx, model, hf, select.capability, label)[0]
     if select.kl_prompts is not None:
         if base is None:
             ev = ctx.settings.eval
-            samples += reference_replies(model, ctx.tokenizer, select.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)[0]
+            samples += reference_replies(hf, select.kl_prompts.items, ev.kl_tokens, ev.batch_size, label)[0]
         else:
-            samples += kl_to_base(model, base, ctx.tokenizer.pad_token_id, label=label)[0]
+            samples += kl_to_base(model, base, label=label)[0]
     return samples
 
 
@@ -373,9 +377,10 @@ def stage_baseline(ctx: Context) -> None:
 def _baseline(ctx: Context) -> None:
     started = time.perf_counter()
     ctx.run.mark(BASELINE, RUNNING)
-    samples, metrics = evaluate(ctx, ctx.loaded.model, BASELINE, "baseline: ", None)
+    hf = ctx.transformers(ctx.loaded.model)
+    samples, metrics = evaluate(ctx, hf, BASELINE, "baseline: ", None)
     if ctx.probes.select is not None:  # the search and the selection compare against the same halves
-        select = _evaluate_select_half(ctx, ctx.loaded.model, "baseline (select half): ", None)
+        select = _evaluate_select_half(ctx, hf, "baseline (select half): ", None)
         metrics = dataclasses.replace(metrics, select=_metrics(select, Throughput()))
         samples += [in_select_half(s) for s in select]
     ctx.run.write_results(BASELINE, samples, metrics)
@@ -402,23 +407,6 @@ def _latest_checkpoint(run: RunFolder, arm: Arm, budgets: list[int]) -> Checkpoi
     return None
 
 
-@contextlib.contextmanager
-def unattacked(model: Any) -> Iterator[Any]:
-    """The model with every LoRA layer switched off for the duration, whether ``model`` is the
-    PEFT wrapper or the base model PEFT injected its layers into (which has no disable_adapter)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    was_disabled = [layer.disable_adapters for layer in layers]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield model
-    finally:
-        for layer, disabled in zip(layers, was_disabled):
-            layer.enable_adapters(not disabled)
-
-
 def stage_select_data(ctx: Context) -> list[str] | None:
     """For closest-benign: the pool examples nearest to harmful requests, chosen once per run.
 
@@ -440,8 +428,8 @@ def _select_data(ctx: Context, attack: Attack, path: Path) -> None:
 
     assert ctx.probes.select is not None
     anchors = ctx.probes.select.harmful
-    with unattacked(ctx.loaded.model) as model:
-        chosen = closest_to_harmful(model, ctx.tokenizer, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
+    with ctx.transformers(ctx.loaded.model).without_adapter() as model:
+        chosen = closest_to_harmful(model, attack.data.items, anchors.items, ctx.settings.attack.closest_examples)
     selection = Selection(anchors=f"{anchors.name}, select half ({len(anchors)} requests)",
                           selected=[SelectedExample(id=i, similarity=sim) for i, sim in chosen])
     atomic_write_json(path, selection.to_json())
@@ -502,7 +490,8 @@ def _measure_budget(ctx: Context, attacker: LoraAttack, arm: Arm, budget: int, b
     name = arm.stage(budget)
     started = time.perf_counter()
     ctx.run.mark(name, RUNNING)
-    samples, metrics = evaluate(ctx, attacker.model, name, f"{arm.name} {budget} steps: ", base, ctx.run.root / name / ADAPTER_DIR)
+    samples, metrics = evaluate(ctx, ctx.transformers(attacker.model), name, f"{arm.name} {budget} steps: ", base,
+                                ctx.run.root / name / ADAPTER_DIR)
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
     if not ctx.settings.attack.keep_adapters:
@@ -577,10 +566,10 @@ def _measure_candidate(
     base: BaseDistributions, started: float,
 ) -> None:
     adapter = None
-    if ctx.generator.needs_adapter_files:  # deleted with the other search adapters (sweep_adapters)
+    if ctx.backend.needs_adapter_files:  # deleted with the other search adapters (sweep_adapters)
         adapter = ctx.run.folder(name) / ADAPTER_DIR
         attacker.model.save_pretrained(adapter, safe_serialization=True)
-    samples = _evaluate_select_half(ctx, attacker.model, f"{name}: ", base, adapter)
+    samples = _evaluate_select_half(ctx, ctx.transformers(attacker.model), f"{name}: ", base, adapter)
     metrics = dataclasses.replace(_metrics(samples, Throughput()), candidate=candidate, train=state.snapshot())
     ctx.run.write_results(name, samples, metrics)
     ctx.run.mark(name, DONE, seconds=time.perf_counter() - started)
@@ -664,7 +653,7 @@ def report_inputs(ctx: Context, arms: list[Arm]) -> ReportInputs:
         attack=dataclasses.replace(ctx.probes.attack.describe(), settings=settings.attack),
         control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
         judge=ctx.judge.describe(),
-        generation=ctx.generator.describe(),
+        generation=ctx.backend.describe(),
         arms=[arm.spec() for arm in arms],
         processes=ctx.processes.describe(),
         elapsed=time.monotonic() - ctx.started,
@@ -762,14 +751,14 @@ def load_model(settings: Settings, precision: str, revision: str) -> models.Load
     return loaded
 
 
-def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: str, adapter: str | None = None) -> Generator:
-    """The refusal evals' generator; a vLLM engine is sized to the largest LoRA rank the run uses."""
+def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: str, adapter: str | None = None) -> Backend:
+    """The refusal evals' generation engine; a vLLM engine is sized to the largest LoRA rank the run uses."""
     choice = choose_backend(setting, loaded.device, settings.attack.quantization)
     ranks = [settings.attack.lora_rank, *(settings.search.lora_ranks if settings.search.enabled else [])]
     if adapter is not None and (Path(adapter) / "adapter_config.json").is_file():
         ranks.append(int(read_json(Path(adapter) / "adapter_config.json").get("r", 0)))
     ev = settings.eval
-    return make_generator(
+    return make_backend(
         choice, folder=loaded.source.folder, dtype=loaded.precision.name, lora_rank=max(ranks),
         tensor_parallel_size=ev.tensor_parallel_size, max_num_seqs=ev.batch_size, max_model_len=ev.vllm_max_model_len,
         memory_fraction=ev.vllm_memory_fraction, device_type=loaded.device.type,
@@ -784,7 +773,7 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
     loaded = load_model(settings, settings.model.precision, settings.model.revision)
-    generator = generation_backend(settings, loaded, settings.eval.backend, extra_inputs.get("adapter"))
+    backend = generation_backend(settings, loaded, settings.eval.backend, extra_inputs.get("adapter"))
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)
     # What 'auto' chose (precision, generation backend) is recorded so that a resumed run
@@ -792,14 +781,14 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     # after the branch moved on.
     recorded = RunInputs(
         **inputs, adapter=extra_inputs.get("adapter"), precision=loaded.precision.name,
-        generation_backend=generator.name, model_commit=loaded.source.commit or None,
+        generation_backend=backend.name, model_commit=loaded.source.commit or None,
     )
     if processes.is_main:
         run = RunFolder.create(out, config_text, recorded, kind)
     processes.barrier()
     if not processes.is_main:
         run = RunFolder(out, writes=False)
-    return Context(settings, run, loaded, probes, judge, started, generator, processes=processes)
+    return Context(settings, run, loaded, probes, judge, started, backend, processes=processes)
 
 
 def start_audit(settings: Settings, out: Path) -> Path:
@@ -842,8 +831,8 @@ def _resumed_context(run: RunFolder, processes: Processes, started: float) -> Co
     recorded = run.manifest().inputs
     loaded = load_model(settings, recorded.precision, recorded.model_commit or settings.model.revision)
     run.check_inputs(**inputs_of(config_text, loaded.source.sha256, probes, judge))
-    generator = generation_backend(settings, loaded, recorded.generation_backend)
-    return Context(settings, run, loaded, probes, judge, started, generator, processes=processes)
+    backend = generation_backend(settings, loaded, recorded.generation_backend)
+    return Context(settings, run, loaded, probes, judge, started, backend, processes=processes)
 
 
 EVAL_STAGE = "eval"
@@ -877,15 +866,15 @@ def _eval(ctx: Context, settings: Settings, adapter: Path | None) -> tuple[Path,
     started = time.perf_counter()
     run.mark(EVAL_STAGE, RUNNING)
     base = None
-    model = loaded.model
+    hf = ctx.transformers(loaded.model)
     if adapter is not None:
-        model = _load_user_adapter(model, adapter)
-        with model.disable_adapter():
+        hf = ctx.transformers(_load_user_adapter(loaded.model, adapter))
+        with hf.without_adapter() as unattacked:
             replies, _ = reference_replies(
-                model, ctx.tokenizer, probes.kl_prompts.items, settings.eval.kl_tokens, settings.eval.batch_size, "base: "
+                unattacked, probes.kl_prompts.items, settings.eval.kl_tokens, settings.eval.batch_size, "base: "
             )
         base = BaseDistributions([(s.id, s.prompt_ids, s.reply_ids) for s in replies])
-    samples, metrics = evaluate(ctx, model, EVAL_STAGE, "", base, adapter)
+    samples, metrics = evaluate(ctx, hf, EVAL_STAGE, "", base, adapter)
     run.write_results(EVAL_STAGE, samples, metrics)
     run.mark(EVAL_STAGE, DONE, seconds=time.perf_counter() - started)
     return run.root, metrics

@@ -1,4 +1,4 @@
-"""The vLLM backend: the base model served once per process, each adapter a LoRARequest.
+"""The vLLM engine: the base model served once per process, each adapter a LoRARequest.
 
 Nothing is merged: vLLM applies the budget's LoRA weights beside the base weights,
 so no full copy of attacked weights is ever written or held. The engine is
@@ -16,13 +16,18 @@ it must guard its entry point with ``if __name__ == "__main__":`` (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
 
 from tamperaudit import progress
+from tamperaudit.backends import ChoiceRequest, Message, Settled
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.errors import UserError
 from tamperaudit.generation import Completion, GenerationStats, cut_at_settled, stop_token_ids
 from tamperaudit.records import BackendDescription
@@ -46,7 +51,47 @@ def _weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-class VllmGenerator:
+class VllmModel:
+    """A model state served by vLLM for generation: the engine's base weights with ``adapter``
+    applied (None: unattacked). Choice scoring and next-token log-probabilities need the whole
+    vocabulary's log-probabilities, so the transformers model (carrying the same adapter) gives them."""
+
+    engine = "vllm"
+
+    def __init__(self, hf: HfModel, backend: "VllmBackend", adapter: Path | None) -> None:
+        self.hf = hf
+        self.backend = backend
+        self.adapter = adapter
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        return self.hf.render(messages)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.hf.decode(tokens)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int, desc: str = "generating",
+        settled: Settled | None = None,
+    ) -> tuple[list[Completion], GenerationStats]:
+        return self.backend.generate(self.hf, prompts, max_new_tokens, desc, settled, self.adapter)
+
+    def choice_log_probs(
+        self, requests: Sequence[ChoiceRequest], batch_size: int, on_batch: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
+        return self.hf.choice_log_probs(requests, batch_size, on_batch)
+
+    def next_token_log_probs(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[torch.Tensor]:
+        return self.hf.next_token_log_probs(sequences, starts)
+
+    @contextlib.contextmanager
+    def without_adapter(self) -> Iterator["VllmModel"]:
+        with self.hf.without_adapter() as base:
+            yield VllmModel(base, self.backend, None)
+
+
+class VllmBackend:
+    """One vLLM engine per process, serving every budget's adapter in turn."""
+
     name = "vllm"
     needs_adapter_files = True
 
@@ -124,22 +169,25 @@ class VllmGenerator:
         number = self._lora_ids[key]
         return LoRARequest(f"adapter-{number}", number, str(adapter))
 
+    def model(self, hf: HfModel, adapter: Path | None) -> VllmModel:
+        return VllmModel(hf, self, adapter)
+
     def generate(
         self,
-        model: Any,
-        tokenizer: Any,
-        prompts: Sequence[list[int]],
+        hf: HfModel,
+        prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
-        batch_size: int,
         desc: str = "generating",
-        settled: Callable[[int, list[int]], bool] | None = None,
+        settled: Settled | None = None,
         adapter: Path | None = None,
     ) -> tuple[list[Completion], GenerationStats]:
+        """Greedy completions of the prompts with ``adapter`` applied (None: the base), cut where
+        the HF loop's early stops would have stopped them."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         llm = self._engine()
-        stops = stop_token_ids(tokenizer, model)
+        stops = stop_token_ids(hf.tokenizer, hf.model)
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=sorted(stops), skip_special_tokens=True)
         longest = max((len(p) for p in prompts), default=0)
         if longest + max_new_tokens > self.max_model_len:
@@ -167,7 +215,7 @@ class VllmGenerator:
                 tokens.pop()  # the end-of-turn token is not part of the reply (as in the HF loop)
             check = None if settled is None else (lambda row_tokens, index=index: settled(index, row_tokens))
             tokens, finished, early = cut_at_settled(tokens, finished, check)
-            completions.append(Completion(tuple(tokens), tokenizer.decode(tokens, skip_special_tokens=True), finished, early))
+            completions.append(Completion(tuple(tokens), hf.decode(tokens), finished, early))
         return completions, stats
 
     def describe(self) -> BackendDescription:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tamperaudit import faults, progress
+from tamperaudit.backends.hf import HfModel
 from tamperaudit.errors import UserError
 from tamperaudit.records import ChoiceSample, ChoiceThroughput, DatasetDescription, HarnessFigures, HarnessTask, MetricValue
 
@@ -431,16 +432,17 @@ def _language_model(lm_eval: Any, model: Any, tokenizer: Any, batch_size: int, d
 
 
 def score_tasks(
-    model: Any, tokenizer: Any, tasks: HarnessTasks, batch_size: int = BATCH_SIZE, label: str = ""
+    hf: HfModel, tasks: HarnessTasks, batch_size: int = BATCH_SIZE, label: str = ""
 ) -> tuple[list[ChoiceSample], ChoiceThroughput, HarnessFigures]:
-    """lm-eval on the model as it is in memory (adapter active): per-question capability
-    samples in ``score_questions``'s shape, throughput, and lm-eval's own figures.
+    """lm-eval on the transformers model as it is in memory (adapter active): per-question
+    capability samples in ``score_questions``'s shape, throughput, and lm-eval's own figures.
 
     The model is put in eval mode for the run and left as found (training flags, adapter).
     Same model and tasks, same samples.
     """
     import torch
 
+    model, tokenizer = hf.model, hf.tokenizer
     lm_eval = _lm_eval()
     start = time.perf_counter()
     every = tasks.split == "all"  # the first `limit` documents: lm-eval's own limit; a half: those documents

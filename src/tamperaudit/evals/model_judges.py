@@ -282,18 +282,16 @@ class GeneratingJudge(_ModelJudge):
         super().__init__(config, AutoModelForCausalLM)
 
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        from tamperaudit.generation import generate, render_chat
+        from tamperaudit.backends.hf import HfModel
 
+        judge = HfModel(self.model, self.tokenizer)
         if self.config.get("format") == "conversation":  # the guard's own template over the exchange
-            ids = [render_chat(self.tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": c}])
-                   for p, c in pairs]
+            ids = [judge.render([{"role": "user", "content": p}, {"role": "assistant", "content": c}]) for p, c in pairs]
         elif self.config.get("chat", True):
-            ids = [render_chat(self.tokenizer, [{"role": "user", "content": t}]) for t in self._inputs(pairs)]
+            ids = [judge.render([{"role": "user", "content": t}]) for t in self._inputs(pairs)]
         else:
             ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in self._inputs(pairs)]
-        completions, _ = generate(
-            self.model, self.tokenizer, ids, int(self.config.get("max_new_tokens", 8)), self.batch_size, desc=f"judge {self.name}"
-        )
+        completions, _ = judge.generate(ids, int(self.config.get("max_new_tokens", 8)), self.batch_size, desc=f"judge {self.name}")
         return [self.config.verdict(c.text) for c in completions]
 
 

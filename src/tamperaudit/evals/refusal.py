@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from tamperaudit.backends import Generator
-from tamperaudit.backends.hf import HfGenerator
+from tamperaudit.backends import LanguageModel, Settled
 from tamperaudit.data import Attack, Prompt
 from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
-from tamperaudit.generation import GenerationStats, render_chat
+from tamperaudit.generation import GenerationStats
 from tamperaudit.records import PLAIN, TRIGGER, GenerationSample, Sample, VerdictShares, VerdictSummary
 from tamperaudit.stats import rate
 
@@ -45,7 +43,7 @@ class PromptEval:
     prompts: Sequence[Prompt]
 
 
-def settled_check(judge: Judge, tokenizer: Any, requests: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
+def settled_check(judge: Judge, model: LanguageModel, requests: Sequence[str]) -> Settled | None:
     """For ``generate``: stop a row once the judge's verdict on it can no longer change.
 
     None for judges that cannot tell (model judges), which then see whole completions.
@@ -53,31 +51,23 @@ def settled_check(judge: Judge, tokenizer: Any, requests: Sequence[str]) -> Call
     settled = getattr(judge, "settled", None)
     if settled is None:
         return None
-    return lambda index, tokens: settled(requests[index], tokenizer.decode(tokens, skip_special_tokens=True))
+    return lambda index, tokens: settled(requests[index], model.decode(tokens))
 
 
 def run_prompt_eval(
-    model: Any,
-    tokenizer: Any,
+    model: LanguageModel,
     spec: PromptEval,
     judge: Judge,
     attack: Attack | None,
     max_new_tokens: int,
     batch_size: int,
     label: str = "",
-    generator: Generator | None = None,
-    adapter: Path | None = None,
 ) -> tuple[list[GenerationSample], GenerationStats]:
-    """Generate (by default with the HF loop on ``model``), judge and return one sample record
-    per prompt. ``adapter`` is the folder of the adapter ``model`` carries, for a backend that
-    serves adapters from disk (vLLM); None for the unattacked model."""
-    token_prompts = [render_chat(tokenizer, messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
+    """Generate greedily from ``model``, judge, and return one sample record per prompt."""
+    token_prompts = [model.render(messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
-    check = settled_check(judge, tokenizer, [p.text for p in spec.prompts])
-    generator = generator or HfGenerator()
-    completions, stats = generator.generate(
-        model, tokenizer, token_prompts, max_new_tokens, batch_size, desc=desc, settled=check, adapter=adapter
-    )
+    check = settled_check(judge, model, [p.text for p in spec.prompts])
+    completions, stats = model.generate(token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
     verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
     samples = [
         GenerationSample(
