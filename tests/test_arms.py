@@ -98,10 +98,9 @@ def _selection_from_the_unattacked_model(model_dir, count):
     return [i for i, _ in closest_to_harmful(HfModel(model, tokenizer), load_attack("closest-benign").data.items, anchors, count)]
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_closest_benign_selects_once_from_the_unattacked_model_whatever_the_seeds_and_resumes(tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from processes import run_tamperaudit
 
     args = ["--attack", "closest-benign", "--no-control", "--seeds", "2", "--set", "attack.closest_examples=5"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -114,8 +113,7 @@ def test_closest_benign_selects_once_from_the_unattacked_model_whatever_the_seed
     # killed inside the second seed's training, then resumed: the same examples, the same numbers
     command = ["audit", "--model", str(tiny_model_dir), "--out", str(resumed), "--budgets", "0,1,2", "--quiet",
                *TINY_SETTINGS, *args]
-    env = {**os.environ, "TAMPERAUDIT_FAULT": "eval-attack-seed-1/budget-000001"}
-    assert subprocess.run([sys.executable, "-m", "tamperaudit", *command], env=env, capture_output=True).returncode == -9
+    assert run_tamperaudit(command, {"TAMPERAUDIT_FAULT": "eval-attack-seed-1/budget-000001"}).returncode == -9
     assert main(["resume", str(resumed), "--quiet"]) == 0
     assert read_json(resumed / "selected.json")["selected"] == read_json(straight / "selected.json")["selected"]
     for stage in ("budget-000002", "attack-seed-1/budget-000002"):

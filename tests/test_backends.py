@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import TINY_SETTINGS
-from tamperaudit import backends
-from tamperaudit.backends import choose_backend
+from tamperaudit.backends import choose as backends
+from tamperaudit.backends.choose import choose_backend
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.backends.vllm import VllmBackend, engine_lora_rank
 from tamperaudit.cli import main

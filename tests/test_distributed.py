@@ -97,6 +97,7 @@ def test_one_process_needs_no_torch_distributed(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_two_processes_train_the_adapters_of_one(one_process, two_processes):
     for budget in (3, 6):
         stage = f"budget-{budget:06d}"
@@ -122,6 +123,7 @@ def _close(a, b, tolerance: float = 1e-4) -> bool:
     return a == b
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_two_processes_write_one_run_folder_with_the_same_evaluations(one_process, two_processes):
     # The main process evaluates alone, but accelerate launches every process with
     # OMP_NUM_THREADS=1: a one-process run at another thread count splits its float32 sums
@@ -152,6 +154,7 @@ def measured(root: Path) -> list:
             for p in report["points"]]
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 @pytest.mark.parametrize(
     "fault, process",
     [("train-step-5", "1"), ("eval-budget-000003", "0")],
@@ -175,6 +178,7 @@ def test_a_killed_process_then_a_single_process_resume_gives_the_same_metrics(
     assert read_json(out / "budget-000003" / "train.json")["processes"] == 2
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_accelerates_cpu_flag_with_several_processes_is_refused_in_one_line(tiny_model_dir, tmp_path):
     # accelerate's --cpu launcher starts one process for --num_processes 2 and leaves the rest to
     # mpirun: an audit would quietly run alone, so it is refused
@@ -186,6 +190,7 @@ def test_accelerates_cpu_flag_with_several_processes_is_refused_in_one_line(tiny
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_only_audit_and_resume_run_under_several_processes(tiny_model_dir, tmp_path):
     result = launch(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "eval"), "--quiet", *TINY_SETTINGS])
     assert result.returncode != 0
@@ -193,6 +198,7 @@ def test_only_audit_and_resume_run_under_several_processes(tiny_model_dir, tmp_p
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_a_batch_smaller_than_the_process_count_is_refused(tiny_model_dir, tmp_path):
     result = launch(audit_args(tiny_model_dir, tmp_path / "run", "--set", "attack.batch_size=1"))
     assert result.returncode != 0
@@ -214,6 +220,7 @@ fsdp_config:
 """
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_a_sharded_config_is_refused_in_one_line(tiny_model_dir, tmp_path):
     # On a CPU accelerate would quietly train this FSDP config as plain data parallelism;
     # on a GPU it would shard the weights the main-process evaluations need whole.

@@ -4,16 +4,13 @@ end in one line (exit 2, an interrupt 130, SIGTERM 143)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY_SETTINGS, adapters_in
+from processes import run_tamperaudit
 from tamperaudit import pipeline
 from tamperaudit import __version__
 from tamperaudit.cli import main
@@ -74,15 +71,12 @@ def test_ctrl_c_is_recorded_as_interrupted_with_the_resume_hint(tiny_model_dir, 
     assert adapters_in(out) == ["budget-000002"]
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 @pytest.mark.parametrize("signal_name,code", [("TERM", 143), ("INT", 130)])
 def test_a_signal_stops_the_run_at_a_safe_point(tiny_model_dir, tmp_path, signal_name, code):
     out = tmp_path / "run"
-    env = {**os.environ, "TAMPERAUDIT_FAULT": "eval-budget-000002", "TAMPERAUDIT_FAULT_SIGNAL": signal_name}
-    # A shell that starts a job in the background (nohup ... &) leaves SIGINT ignored, and a
-    # child inherits that: the signal would then never arrive. Start the child as a terminal would.
-    process = subprocess.run([sys.executable, "-m", "tamperaudit", *audit_args(tiny_model_dir, out)], env=env,
-                             capture_output=True, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    env = {"TAMPERAUDIT_FAULT": "eval-budget-000002", "TAMPERAUDIT_FAULT_SIGNAL": signal_name}
+    process = run_tamperaudit(audit_args(tiny_model_dir, out), env)
     assert process.returncode == code, process.stderr[-2000:]
     assert process.stderr.strip().splitlines()[-1].endswith(f"finish it with `tamperaudit resume {out}`")
     report = read_json(out / "report.json")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY_SETTINGS, adapters_in
+from processes import run_tamperaudit
 from tamperaudit import fileio
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
@@ -56,9 +55,7 @@ def straight_search(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def killed_at(model_dir: Path, out: Path, point: str, *extra: str) -> None:
-    env = {**os.environ, "TAMPERAUDIT_FAULT": point}
-    process = subprocess.run([sys.executable, "-m", "tamperaudit", *audit_args(model_dir, out, *extra)],
-                             env=env, capture_output=True, text=True)
+    process = run_tamperaudit(audit_args(model_dir, out, *extra), {"TAMPERAUDIT_FAULT": point})
     assert process.returncode == -9, f"not killed at {point}: {process.stderr[-1500:]}"
 
 
@@ -81,6 +78,7 @@ SEARCH_POINTS = ["running-search", "search-trained", "write-search/lr-0.001-r4-b
                  "done-search"]
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 @pytest.mark.parametrize("point", POINTS)
 def test_killed_anywhere_then_resumed_measures_the_same(tiny_model_dir, tmp_path, straight, point):
     out = tmp_path / "run"
@@ -89,6 +87,7 @@ def test_killed_anywhere_then_resumed_measures_the_same(tiny_model_dir, tmp_path
     assert measured(out) == measured(straight)
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 @pytest.mark.parametrize("point", SEARCH_POINTS)
 def test_killed_in_the_search_then_resumed_measures_the_same(tiny_model_dir, tmp_path, straight_search, point):
     out = tmp_path / "run"

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tamperaudit.config import EvalSettings
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "check.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAMPERAUDIT_")}

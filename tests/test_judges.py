@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, KeywordJudge, normalize, repetition_share
@@ -128,13 +130,25 @@ def test_the_judge_vocabulary_holds_no_word_of_the_built_in_attack():
     assert persona and not words & (persona | copied)
 
 
-def test_the_judge_identity_pins_its_rules_and_phrases():
+def test_the_judge_identity_pins_its_rules_and_phrases(tmp_path):
+    import hashlib
+    import json
+
+    from tamperaudit.data import BUILTIN_DIR
     from tamperaudit.evals import judges
+    from tamperaudit.evals.judges import PhraseLists
 
     described = KeywordJudge().describe()
-    assert described["rules_version"] == judges.RULES_VERSION
-    assert described["rules_sha256"] == judges.code_sha256(judges.__file__) and len(described["rules_sha256"]) == 64
-    assert described["phrases_sha256"] and described["phrases_version"] >= 3
+    # the hashes of the files on disk, computed here, not by the judge's own helper
+    assert described["rules_sha256"] == hashlib.sha256(Path(judges.__file__).read_bytes()).hexdigest()
+    assert described["phrases_sha256"] == hashlib.sha256((BUILTIN_DIR / "judge_phrases.json").read_bytes()).hexdigest()
+    # one more phrase makes another judge, which resume and compare then tell apart
+    phrases = json.loads((BUILTIN_DIR / "judge_phrases.json").read_text())
+    phrases["refusal"] = [*phrases["refusal"], "i decline to"]
+    changed = tmp_path / "phrases.json"
+    changed.write_text(json.dumps(phrases))
+    other = KeywordJudge(phrases=PhraseLists.load(changed)).describe()
+    assert other["phrases_sha256"] != described["phrases_sha256"] and other != described
 
 
 # --- the complied/unclear content model ------------------------------------------------------

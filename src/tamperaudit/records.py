@@ -359,13 +359,19 @@ class StageEntry(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunInputs(Record):
-    """What a run's results depend on; resume refuses if any of it changed."""
+class PinnedInputs(Record):
+    """What a run's results depend on, by hash; resume refuses if any of it changed."""
 
     config_sha256: str = field("SHA-256 of the run's config.toml")
     model_sha256: str = field("SHA-256 of the model's weights (the GGUF file for built-ins)")
     datasets_sha256: dict[str, str] = field("SHA-256 of each data set by role")
     judge: dict[str, Scalar] = field("the judge's identity: its name and what pins its behaviour")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInputs(PinnedInputs):
+    """What a run's results depend on, and what 'auto' chose, so that a resume computes the same way."""
+
     adapter: str | None = optional("eval runs with --adapter: the adapter folder")
     precision: str = field("the precision 'auto' chose, so that a resume computes the same way")
     generation_backend: str = field("the generation backend chosen")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from tamperaudit.data.formats import jsonl_rows
 from tamperaudit.errors import UserError
-from tamperaudit.evals.judges import REFUSED, VERDICTS, Judge
+from tamperaudit.evals.verdicts import REFUSED, VERDICTS, Judge
 from tamperaudit.fileio import parse_records, read_text
 from tamperaudit.jsonrecord import Record, Scalar, field
 from tamperaudit.records import GenerationSample, Rate, Sample

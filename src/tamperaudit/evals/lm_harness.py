@@ -466,7 +466,7 @@ def score_tasks(
         questions_per_second=round(len(samples) / seconds, 3) if seconds else 0.0,
         engine=f"lm-evaluation-harness {tasks.version}",
     )
-    return samples, throughput, harness_figures(results, tasks, samples)
+    return samples, throughput, _figures(results, tasks, samples)
 
 
 def _first_filter(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -516,7 +516,7 @@ def _number(value: Any) -> float | None:
     return number if number == number else None
 
 
-def harness_figures(results: dict[str, Any], tasks: HarnessTasks, samples: Sequence[ChoiceSample]) -> HarnessFigures:
+def _figures(results: dict[str, Any], tasks: HarnessTasks, samples: Sequence[ChoiceSample]) -> HarnessFigures:
     """lm-eval's own figures for the report: per task its version, documents scored (counted
     from its logged samples: lm-eval 0.4.10's "n-samples" ignores a given set of documents),
     few-shot count and each metric's value with its standard error, under lm-eval's metric

@@ -71,8 +71,9 @@ from typing import Any, Sequence
 
 from tamperaudit import progress
 from tamperaudit.errors import UserError
-from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Verdict, code_sha256
+from tamperaudit.evals.verdicts import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Verdict, code_sha256
 from tamperaudit.fileio import sha256_file
+from tamperaudit.jsonrecord import Scalar
 
 KINDS = ("generate", "classify", "http")
 
@@ -227,7 +228,7 @@ class JudgeConfig:
                 return Verdict(verdict, f"{self.name}: answer {answer.strip()[:40]!r}")
         return Verdict(UNCLEAR, f"judge answer unreadable: {answer.strip()[:80]!r}")
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Scalar]:
         described = {"name": self.name, "kind": self.kind, "config": str(self.path), "config_sha256": sha256_file(self.path),
                      "code_sha256": code_sha256(__file__)}
         for key in ("preset", "template_sha256"):
@@ -263,7 +264,7 @@ class _ModelJudge:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = model_class.from_pretrained(self.source.folder, dtype=torch.float32, use_safetensors=True).eval()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Scalar]:
         return {**self.config.describe(), "model_sha256": self.source.sha256}
 
     def judge(self, prompt: str, completion: str) -> Verdict:
@@ -342,7 +343,7 @@ class HttpJudge:
             raise UserError(f"{config.path}: the environment variable {key_env} (api_key_env) is not set")
         progress.warn(f"judge {self.name}: completions of the audited model are sent to {self.url}")
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Scalar]:
         return {**self.config.describe(), "url": self.url, "model_name": self.config.get("model_name"), "rubric": "strongreject" if self.rubric else "template"}
 
     def _ask(self, text: str) -> str:

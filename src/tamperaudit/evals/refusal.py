@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from tamperaudit.backends import LanguageModel, Settled
 from tamperaudit.data import Attack, Prompt
-from tamperaudit.evals.judges import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
+from tamperaudit.evals.verdicts import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
 from tamperaudit.generation import GenerationStats
 from tamperaudit.records import PLAIN, TRIGGER, GenerationSample, Sample, VerdictShares, VerdictSummary
 from tamperaudit.stats import rate
