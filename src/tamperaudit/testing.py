@@ -34,8 +34,11 @@ CHATML = (
 )
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer Qwen2-architecture model with a small byte-level BPE tokenizer and a ChatML template."""
+def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8) -> Path:
+    """A 2-layer Qwen2-architecture model with a small byte-level BPE tokenizer and a ChatML template.
+
+    Four attention heads of ``head_dim`` each (two key/value heads); vLLM's attention kernels
+    need a head size such as 64, the default 8 keeps the model as small as it can be."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -61,8 +64,8 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=4 * head_dim,
+        intermediate_size=8 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
