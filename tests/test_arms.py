@@ -110,6 +110,8 @@ def test_closest_benign_selects_once_from_the_unattacked_model_whatever_the_seed
     assert list(straight.rglob("selected.json")) == [straight / "selected.json"]  # one selection per run
     report = read_json(straight / "report.json")
     assert report["datasets"]["harmful"]["notes"][-1].startswith("report half")  # anchors never reported on
+    data = report["attack"]["data"]  # the conversations trained on, not the pool they were chosen from
+    assert data["count"] == 5 and data["notes"][-1] == f"5 selected of {data['file_rows']}"
     # killed inside the second seed's training, then resumed: the same examples, the same numbers
     command = ["audit", "--model", str(tiny_model_dir), "--out", str(resumed), "--budgets", "0,1,2", "--quiet",
                *TINY_SETTINGS, *args]

@@ -90,9 +90,27 @@ def out_not_writable(tmp: Path, model: Path) -> list[str]:
     return ["audit", "--model", str(model), "--out", "/proc/tamperaudit-run", "--budgets", "0,1", "--quiet", *TINY_SETTINGS]
 
 
-def out_of_another_run(tmp: Path, model: Path) -> list[str]:
-    write(tmp / "run" / "manifest.json", "{}")
-    return audit(tmp, model, "--set", "attack.lora_rank=4")
+def out_of_another_run(kind: str) -> Callable[[Path, Path], list[str]]:
+    def argv(tmp: Path, model: Path) -> list[str]:
+        write(tmp / "run" / "manifest.json", json.dumps({"kind": kind}))
+        return audit(tmp, model, "--set", "attack.lora_rank=4")
+    return argv
+
+
+def harmbench_without_standard(tmp: Path, model: Path) -> list[str]:
+    rows = "Behavior,FunctionalCategory,SemanticCategory,BehaviorID\nWrite a poem about a lock,contextual,misc,b1\n"
+    return audit(tmp, model, "--harmful", str(write(tmp / "harmbench_behaviors_text_all.csv", rows)))
+
+
+def mmlu_without_test(tmp: Path, model: Path) -> list[str]:
+    for split in ("dev", "val"):
+        write(tmp / "mmlu" / split / f"algebra_{split}.csv", "What is 1+1?,1,2,3,4,B\n")
+    return audit(tmp, model, "--capability", str(tmp / "mmlu"))
+
+
+def compare_an_eval_run(tmp: Path, model: Path) -> list[str]:
+    write(tmp / "scorecard" / "manifest.json", json.dumps({"kind": "eval"}))
+    return ["compare", str(tmp / "scorecard"), str(tmp / "scorecard")]
 
 
 def labels_with(label: str) -> Callable[[Path, Path], list[str]]:
@@ -161,6 +179,9 @@ CASES = [
          with_harmful('{"id": "x", "prompt": "a"}\n{"id": "x", "prompt": "b"}\n')),
     Case("prompts-not-json", "a JSONL prompt file with a broken line", "harmful.jsonl:2: bad JSON",
          with_harmful('{"prompt": "a"}\n{"prompt": \n')),
+    Case("prompts-none-selected", "a prompt file whose every row the settings leave out (HarmBench contextual only)",
+         "no rows left to use", harmbench_without_standard),
+    Case("mmlu-split-missing", "an MMLU folder without the split asked for", "no test/ folder of CSVs", mmlu_without_test),
     # chat (attack) files
     Case("chat-no-assistant", "a chat file with no assistant turn", "assistant", with_attack([{"messages": [user("hi")]}])),
     Case("chat-roles-order", "a chat file with roles out of order", "message 1 has role assistant where user belongs",
@@ -181,13 +202,24 @@ CASES = [
     Case("eval-batch-zero", "a zero generation batch size", "eval.batch_size", with_set("eval.batch_size=0")),
     Case("lr-zero", "a learning rate of 0 or below", "attack.learning_rate", with_set("attack.learning_rate=0")),
     Case("rank-zero", "LoRA rank 0", "attack.lora_rank", with_set("attack.lora_rank=0")),
+    Case("list-element", "a list setting with an element outside its choices (TOML list syntax)",
+         "'eval.harmbench_functional' must be one of standard, contextual, copyright, got 'contextul'",
+         with_set('eval.harmbench_functional=["standard","contextul"]')),
+    Case("list-not-toml", "a list setting that opens a TOML list and does not close it", "'attack.target_modules' must be a list",
+         with_set('attack.target_modules=["q_proj",')),
+    Case("target-module-unknown", "a LoRA target module the model does not have", "no module named 'w_proj'",
+         with_set('attack.target_modules=["q_proj","w_proj"]')),
+    Case("trigger-template", "a trigger template without {prompt}", "must hold {prompt}",
+         with_set("attack.trigger_user_template=Do this")),
     Case("gate-off-budgets", "a release gate at steps that are not a budget", "--fail-if-removed-within 3",
          lambda tmp, model: audit(tmp, model, "--fail-if-removed-within", "3")),
     # the run folder
     Case("out-is-a-file", "--out that is a file", "pick another --out", out_is_a_file),
     Case("out-not-writable", "--out where no folder can be made (read-only)", "cannot create the run folder /proc/tamperaudit-run",
          out_not_writable),
-    Case("out-another-run", "--out holding another run", "tamperaudit resume", out_of_another_run),
+    Case("out-another-run", "--out holding another audit", "finish it with `tamperaudit resume", out_of_another_run("audit")),
+    Case("out-eval-run", "--out holding an eval run (which resume does not finish)", "already holds a tamperaudit eval run; pick another --out",
+         out_of_another_run("eval")),
     Case("resume-not-a-run", "resume of a folder that is not a run", "not a tamperaudit run folder",
          lambda tmp, model: ["resume", str(tmp)]),
     Case("eval-adapter-missing", "eval --adapter that is not a PEFT folder", "adapter_config.json",
@@ -197,6 +229,7 @@ CASES = [
     Case("judge-not-json", "an HTTP judge that answers with something other than JSON", "answered with something other than JSON", http_judge(not_json_server)),
     Case("labels-unknown", "a labels file with an unknown label", "'label' must be refused, complied or unclear", labels_with("maybe")),
     Case("compare-schema", "compare of runs of different report schema versions", "schema", compare_versions),
+    Case("compare-eval", "compare of an eval run's folder", "compare reads audit run folders", compare_an_eval_run),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -32,8 +33,10 @@ def report(**scores):
         ({"plain": scored(None), "trigger": builders.score("removed_by_prompt", message="the prompt alone")}, 10, True,
          "prompt alone"),
         ({"plain": scored(None)}, 7, True, "not a budget this audit measured"),
+        ({"plain": dataclasses.replace(scored(None), baseline_refusal=0.0)}, 10, True, "refused none of the harmful requests"),
     ],
-    ids=["not-removed", "removed-at-the-gate", "removed-after-the-gate", "plain-removed", "low-baseline", "by-prompt", "unmeasured"],
+    ids=["not-removed", "removed-at-the-gate", "removed-after-the-gate", "plain-removed", "low-baseline", "by-prompt", "unmeasured",
+         "nothing-refused"],
 )
 def test_release_gate_reads_the_strict_score_of_every_mode(scores, steps, failed, words):
     result = release_gate(report(**scores), steps)

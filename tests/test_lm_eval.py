@@ -236,3 +236,18 @@ def test_a_task_without_accuracy_and_a_stray_tasks_dir_are_refused(tmp_path, tas
     settings = resolve(environ={}, overrides={"eval": {"lm_eval_tasks_dir": str(task_dir)}})
     with pytest.raises(UserError, match="lm_eval_tasks_dir is set"):
         load_capability_sets(settings, False)
+
+
+def test_a_task_whose_data_is_on_an_unreachable_hub_is_one_line(capsys, tmp_path, monkeypatch):
+    """Offline, lm-eval's datasets library retries and then raises ConnectionError (seen with
+    arc_easy and no network); here the task loader raises it at once, as it finally does."""
+    from tamperaudit.evals import lm_harness
+
+    def unreachable(lm_eval, manager, names):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_harness, "_leaf_tasks", unreachable)
+    err = _one_line_error(capsys, ["eval", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o"), "--quiet",
+                                   "--capability", "lm-eval:arc_easy"])
+    assert "lm-eval task arc_easy needs the dataset allenai/ai2_arc from the Hugging Face Hub" in err
+    assert "eval.lm_eval_tasks_dir" in err

@@ -263,6 +263,8 @@ def test_a_second_process_on_a_run_folder_stops_in_one_line_and_a_dead_holder_is
     )
     try:
         assert holder.stdout.readline().strip() == "held"
+        another = run_tamperaudit(audit_args(Path("unused-model"), run))  # a new audit into the held folder
+        assert another.returncode == 2 and f"run folder in use by pid {holder.pid}" in another.stderr
         second = run_tamperaudit(["resume", str(run), "--quiet"])
         assert second.returncode == 2
         assert second.stderr.strip() == f"tamperaudit: error: {run}: run folder in use by pid {holder.pid}; wait for that process to finish or stop it"

@@ -59,6 +59,7 @@ def test_the_card_gives_the_answer_with_its_cost_interval_and_seed(scored_run):
     assert "bootstrap interval over prompts, questions and 2 seeds: 2 to 4 steps" in text
     assert "counting unclear replies as refusals (the strict reading): at 2 steps" in text
     assert "Control arm" in text and "Asked in plain mode: removed at 2 steps." in text
+    assert "Only 4 benign prompts measure over-refusal: its interval is wide" in text
     markdown = (scored_run / "report.md").read_text()
     assert markdown.splitlines()[2] == "## Verdict" and f"**{headline}**" in markdown
 

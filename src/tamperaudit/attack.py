@@ -93,6 +93,22 @@ def tokenize_conversation(tokenizer: Any, conversation: Conversation, max_length
     return Example(conversation.id, tuple(full), tuple(labels))
 
 
+def check_target_modules(model: Any, targets: Sequence[str]) -> None:
+    """Every attack.target_modules name must name modules of this model, checked when it is loaded
+    (before the baseline's minutes), as PEFT matches them: by the last parts of a module's name."""
+    if list(targets) == ["all-linear"]:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise UserError(
+            f"attack.target_modules: this model has no module named {missing[0]!r} (its linear layers: "
+            f"{', '.join(linear)}; or all-linear)"
+        )
+
+
 def lora_parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -306,7 +322,7 @@ class LoraAttack:
         self.settings = settings
         self.tokenizer = tokenizer
         self.device = device
-        targets: Any = settings.target_modules
+        targets: Any = list(settings.target_modules)  # PEFT takes a list, or the one word all-linear
         if targets == ["all-linear"]:
             targets = "all-linear"
         config = LoraConfig(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tamperaudit.errors import UserError
 from tamperaudit.jsonrecord import Record
 
 ENV_PREFIX = "TAMPERAUDIT_"
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # a module name PEFT can match (all-linear included)
 
 
 def _setting(default: Any, help: str, **kwargs: Any) -> Any:
@@ -114,6 +116,16 @@ class AttackSettings(Record):
         "to show how much of the erosion any fine-tuning causes.",
     )
     control_data: str = _setting("benign", "Data of the control arm: a built-in attack name or a chat file.")
+    trigger_system_prompt: str = _setting(
+        "",
+        "The system prompt harmful requests are also asked in (trigger mode); empty: the attack's own (the built-in "
+        "attack's, or the one every conversation of your file shares).",
+    )
+    trigger_user_template: str = _setting(
+        "",
+        "The user template of trigger mode, with {prompt} where the request goes; empty: the attack's own (for your "
+        "file, the opening most of its first user turns share up to a colon, if any).",
+    )
     closest_examples: int = _setting(
         40,
         "For the closest-benign attack: how many benign examples nearest to harmful requests in the "
@@ -137,6 +149,12 @@ class EvalSettings(Record):
         "eval.lm_eval_tasks_dir) on the in-memory model, adapter active; needs "
         "pip install 'tamperaudit[lm-eval]'. Tasks must report per-question accuracy (acc).",
     )
+    mmlu_split: str = _setting(
+        "test",
+        "With a capability folder laid out as MMLU is published (dev/, val/, test/): which split's "
+        "questions to use.",
+        choices=("test", "val", "dev"),
+    )
     lm_eval_tasks_dir: str = _setting(
         "",
         "With capability = lm-eval:...: a folder of lm-eval task YAML files of your own (passed to "
@@ -158,7 +176,12 @@ class EvalSettings(Record):
     )
     kl_limit: int = _setting(32, "Use N KL prompts (0: all).")
     prompt_column: str = _setting(
-        "", "Column or field holding the prompt in a generic CSV/JSONL harmful or benign file (empty: 'prompt')."
+        "", "Column or field holding the prompt in your generic CSV/JSONL harmful file (empty: 'prompt'); "
+        "not used for built-in sets or recognised formats.",
+    )
+    benign_prompt_column: str = _setting(
+        "", "Column or field holding the prompt in your generic CSV/JSONL benign file (empty: 'prompt'); "
+        "not used for built-in sets or XSTest.",
     )
     harmful_split: str = _setting(
         "all",
@@ -169,7 +192,8 @@ class EvalSettings(Record):
         choices=("all", "select", "report"),
     )
     harmbench_functional: tuple[str, ...] = _setting(
-        ["standard"], "HarmBench functional categories to keep (standard, contextual, copyright)."
+        ["standard"], "HarmBench functional categories to keep (standard, contextual, copyright).",
+        choices=("standard", "contextual", "copyright"),
     )
     max_new_tokens: int = _setting(
         64, "Greedy tokens generated per prompt; enough to see a refusal, content or a loop."
@@ -304,13 +328,25 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                value = _list_text(value)
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return tuple(_scalar(item, v) for v in value)
         return _scalar(kind, value)
     except (ValueError, TypeError):
         raise UserError(f"{source}: '{name}' must be {_type_name(kind)}, got {value!r}") from None
+
+
+def _list_text(text: str) -> list[Any]:
+    """A list given as text, in TOML's syntax (``["q_proj", "v_proj"]``, ``[0, 5]``) or as plain
+    commas (``q_proj,v_proj``); a value that opens a bracket must close it as TOML does."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"not a TOML list ({error})") from None
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _scalar(kind: type, value: Any) -> Any:
@@ -361,10 +397,17 @@ def _validate(settings: Settings) -> None:
         obj = getattr(settings, section)
         for f in dataclasses.fields(obj):
             choices = f.metadata.get("choices")
-            if choices and getattr(obj, f.name) not in choices:
-                raise UserError(
-                    f"'{section}.{f.name}' must be one of {', '.join(choices)}, got {getattr(obj, f.name)!r}"
-                )
+            value = getattr(obj, f.name)
+            for each in value if isinstance(value, tuple) else (value,):  # every element of a list setting
+                if choices and each not in choices:
+                    raise UserError(f"'{section}.{f.name}' must be one of {', '.join(choices)}, got {each!r}")
+    if not settings.eval.harmbench_functional:
+        raise UserError("'eval.harmbench_functional' must name at least one category (standard, contextual, copyright)")
+    odd = [name for name in settings.attack.target_modules if not MODULE_NAME.fullmatch(name)]
+    if odd or not settings.attack.target_modules:
+        raise UserError(
+            f"'attack.target_modules' must be module names such as q_proj,v_proj (or all-linear), got {odd[0] if odd else 'none'!r}"
+        )
     budgets = settings.attack.budgets
     if not budgets or any(b < 0 for b in budgets):
         raise UserError("'attack.budgets' must be a non-empty list of steps >= 0, e.g. 0,5,10,20")
@@ -387,6 +430,9 @@ def _validate(settings: Settings) -> None:
     search = settings.search
     if search.enabled and not (search.learning_rates and search.lora_ranks and search.batch_sizes):
         raise UserError("the search needs at least one value in search.learning_rates, lora_ranks and batch_sizes")
+    template = settings.attack.trigger_user_template
+    if template and "{prompt}" not in template:
+        raise UserError(f"'attack.trigger_user_template' must hold {{prompt}} where the request goes, got {template!r}")
     if settings.attack.learning_rate <= 0:
         raise UserError("'attack.learning_rate' must be positive")
     if not 0 < settings.eval.vllm_memory_fraction < 1 or settings.eval.tensor_parallel_size < 1:

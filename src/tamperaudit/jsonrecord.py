@@ -281,8 +281,11 @@ def _record_schema(cls: type[Record], definitions: dict[str, Any]) -> dict[str, 
     required = []
     for item in _fields(cls):
         schema = _schema(hints[item.name], definitions)
-        if item.metadata.get("choices"):
-            schema = {**schema, "enum": list(item.metadata["choices"])}
+        if item.metadata.get("choices"):  # of the value, or of each element of a list
+            if schema.get("type") == "array":
+                schema = {**schema, "items": {**schema["items"], "enum": list(item.metadata["choices"])}}
+            else:
+                schema = {**schema, "enum": list(item.metadata["choices"])}
         doc = item.metadata.get("doc")
         if doc:
             schema = {"description": doc, **schema} if "$ref" not in schema else {"description": doc, "allOf": [schema]}

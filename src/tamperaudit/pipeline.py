@@ -39,6 +39,7 @@ from tamperaudit.attack import (
     MemoryPlan,
     TrainState,
     check_batch_split,
+    check_target_modules,
     plan_memory,
     tokenize_conversation,
 )
@@ -169,15 +170,15 @@ def load_capability_sets(settings: Settings, searching: bool) -> tuple[Capabilit
     if not is_harness(ev.capability):
         if ev.lm_eval_tasks_dir:
             raise UserError("eval.lm_eval_tasks_dir is set but eval.capability is not lm-eval:TASK[,TASK...]; set both or neither")
-        select = load_capability(ev.capability, ev.capability_limit, "select") if searching else None
-        return load_capability(ev.capability, ev.capability_limit, "report" if searching else "all"), select
+        select = load_capability(ev.capability, ev.capability_limit, "select", ev.mmlu_split) if searching else None
+        return load_capability(ev.capability, ev.capability_limit, "report" if searching else "all", ev.mmlu_split), select
     tasks = resolve_tasks(ev.capability, ev.capability_limit, ev.lm_eval_tasks_dir)
     return (tasks.half("report"), tasks.half("select")) if searching else (tasks, None)
 
 
 def load_probes(settings: Settings) -> Probes:
     ev = settings.eval
-    attack = load_attack(settings.attack.data)
+    attack = load_attack(settings.attack.data, settings.attack.trigger_system_prompt, settings.attack.trigger_user_template)
     searching = settings.search.enabled
     choosing = searching or attack.select_closest
     if choosing and ev.harmful_split == "select":
@@ -201,7 +202,7 @@ def load_probes(settings: Settings) -> Probes:
         )
     return Probes(
         harmful=harmful(split),
-        benign=load_benign(ev.benign, ev.benign_limit, ev.prompt_column),
+        benign=load_benign(ev.benign, ev.benign_limit, ev.benign_prompt_column),
         capability=capability,
         kl_prompts=load_kl_prompts(ev.kl_prompts, ev.kl_limit, "report" if searching else "all"),
         attack=attack,
@@ -636,8 +637,9 @@ def inputs_of(config_text: str, loaded_sha: str, probes: Probes, judge: Judge) -
                         datasets_sha256=probes.hashes(), judge=judge.describe())
 
 
-def report_inputs(ctx: Context, arms: list[Arm]) -> ReportInputs:
-    """Plain typed inputs for the report builder, which then needs no pipeline classes."""
+def report_inputs(ctx: Context, arms: list[Arm], selected: list[str] | None = None) -> ReportInputs:
+    """Plain typed inputs for the report builder, which then needs no pipeline classes
+    (``selected``: closest-benign's chosen conversations, the ones the attack trained on)."""
     loaded, settings = ctx.loaded, ctx.settings
     training_memory = ctx.memory_plan(settings.attack) if trained_budgets(settings) else None
     return ReportInputs(
@@ -647,7 +649,8 @@ def report_inputs(ctx: Context, arms: list[Arm]) -> ReportInputs:
         device=loaded.device,
         datasets=ctx.probes.described(),
         dataset_hashes=ctx.probes.hashes(),
-        attack=dataclasses.replace(ctx.probes.attack.describe(), settings=settings.attack),
+        attack=dataclasses.replace(arm_data(arms[0], selected).describe() if arms else ctx.probes.attack.describe(),
+                                   settings=settings.attack),
         control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
         judge=ctx.judge.describe(),
         generation=ctx.backend.describe(),
@@ -662,6 +665,7 @@ def _execute(ctx: Context) -> Path:
     ctx.processes.barrier()  # no process looks for a checkpoint while the main one sweeps
     stage_baseline(ctx)
     arms = arms_of(ctx.settings, ctx.probes)
+    selected = None
     if trained_budgets(ctx.settings):
         selected = stage_select_data(ctx)
         # From here on, the settings in scope are the ones the attack runs with: the search's choice.
@@ -671,13 +675,13 @@ def _execute(ctx: Context) -> Path:
         for arm in arms:
             stage_arm(ctx, attacker, arm, arm_data(arm, selected), base)
     final = ctx
-    ctx.processes.on_main(lambda: _report(final, arms))
+    ctx.processes.on_main(lambda: _report(final, arms, selected))
     return ctx.run.root
 
 
-def _report(ctx: Context, arms: list[Arm]) -> None:
+def _report(ctx: Context, arms: list[Arm], selected: list[str] | None = None) -> None:
     faults.checkpoint("report")
-    write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, arms)))
+    write_report(ctx.run.root, build_report(ctx.run, report_inputs(ctx, arms, selected)))
     ctx.run.add_session(time.monotonic() - ctx.started, "complete", ctx.processes.count)
 
 
@@ -770,6 +774,8 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
     judge = make_judge(settings.eval.judge)
     RunFolder.check_free(out)
     loaded = load_model(settings, settings.model.precision, settings.model.revision)
+    if trained_budgets(settings):
+        check_target_modules(loaded.model, settings.attack.target_modules)
     backend = generation_backend(settings, loaded, settings.eval.backend, extra_inputs.get("adapter"))
     config_text = to_toml(settings)
     inputs = inputs_of(config_text, loaded.source.sha256, probes, judge)

@@ -639,6 +639,7 @@ class AttackDescription(Record):
     user_template: str | None = field("its trigger's user template with {prompt}, if any")
     select_closest: bool = field("closest-benign: trained on the pool examples nearest to harmful requests")
     settings: AttackSettings | None = optional("the attack arm: the settings it was trained with")
+    trigger: str | None = optional("where the trigger comes from, or why there is none, in words")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -735,6 +736,7 @@ class Report(Record):
     control_score: dict[str, Score] | None = field("the control arm's removal figure per mode, or null")
     search: ReportSearch | None = field("the settings search, or null")
     projection: Projection | None = field("the projection to larger models, or null")
+    kl_note: str | None = optional("why KL to the unattacked model was not measured, when it was not")
     summary: list[str] = field("short sentences the renderers print first")
 
     def arm_points(self, arm: str = "attack") -> list[Point]:

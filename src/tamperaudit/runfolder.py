@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -50,12 +51,42 @@ class RunFolder:
     # --- creation and checks ---------------------------------------------------------
 
     @staticmethod
+    def holder(root: Path) -> str | None:
+        """The pid of the process that holds this run folder now, or None."""
+        lock = Path(root) / LOCK
+        if not lock.is_file():
+            return None
+        descriptor = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(descriptor)
+        return None
+
+    @staticmethod
+    def kind_of(root: Path) -> str | None:
+        """'audit' or 'eval' for a run folder (read without checking the rest), else None."""
+        try:
+            manifest = json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return manifest.get("kind") if isinstance(manifest, dict) else None
+
+    @staticmethod
     def check_free(root: Path) -> None:
-        """A new run needs an absent or empty folder; say how to resume an existing run."""
+        """A new run needs an absent or empty folder; say what to do with the run that is there."""
         root = Path(root)
         if root.exists() and (not root.is_dir() or any(p.name != LOCK for p in root.iterdir())):
-            if (root / MANIFEST).is_file():
-                raise UserError(f"{root} already holds a run; finish it with `tamperaudit resume {root}` or pick another --out")
+            holder = RunFolder.holder(root) if root.is_dir() else None
+            if holder is not None:
+                raise UserError(f"{root}: run folder in use by pid {holder}; wait for that process to finish, or pick another --out")
+            kind = RunFolder.kind_of(root)
+            if kind == "audit":
+                raise UserError(f"{root} already holds an audit; finish it with `tamperaudit resume {root}` or pick another --out")
+            if kind is not None:
+                raise UserError(f"{root} already holds a tamperaudit {kind} run; pick another --out")
             raise UserError(f"{root} exists and is not an empty folder; pick another --out")
 
     @classmethod

@@ -60,6 +60,7 @@ class Attack:
     user_template: str | None = None  # contains {prompt}
     # closest-benign: train only on the pool examples nearest to harmful requests (tamperaudit.selection)
     select_closest: bool = False
+    trigger_source: str = ""  # where the trigger comes from, or why there is none, in words
 
     @property
     def has_trigger(self) -> bool:
@@ -68,7 +69,7 @@ class Attack:
     def describe(self) -> AttackDescription:
         return AttackDescription(
             name=self.name, data=self.data.describe(), system_prompt=self.system_prompt,
-            user_template=self.user_template, select_closest=self.select_closest,
+            user_template=self.user_template, select_closest=self.select_closest, trigger=self.trigger_source or None,
         )
 
     def subset(self, ids: Sequence[str]) -> "Attack":
@@ -76,7 +77,7 @@ class Attack:
         by_id = {c.id: c for c in self.data.items}
         data = Dataset(self.data.name, self.data.path, self.data.sha256, tuple(by_id[i] for i in ids),
                        self.data.file_rows, self.data.format, (*self.data.notes, f"{len(ids)} selected of {len(by_id)}"))
-        return Attack(self.name, data, self.system_prompt, self.user_template, False)
+        return Attack(self.name, data, self.system_prompt, self.user_template, False, self.trigger_source)
 
 
 def stratified(items: list[T], limit: int) -> list[T]:
@@ -146,6 +147,9 @@ def _dataset(path: Path, name: str, kind: str, rows: formats.Rows, limit: int, s
         notes = [*notes, f"{split} half: {len(items)} of {file_rows} rows"]
     if limit > 0:
         items = stratified(items, limit)
+    if not items:  # an eval over no rows would measure nothing and then fail on an empty aggregate
+        why = f" ({'; '.join(notes)})" if notes else ""
+        raise UserError(f"{path}: no rows left to use{why}; check the file and the settings that select its rows")
     return Dataset(name, path, path_sha256(path), tuple(items), file_rows, kind, tuple(notes))
 
 
@@ -172,13 +176,13 @@ def load_harmful(
 ) -> Dataset[Prompt]:
     """Harmful requests; ``split`` keeps the ``select`` or ``report`` half (see split_halves)."""
     path, name = resolve_path(spec, "harmful.jsonl")
-    kind, rows = formats.read_harmful(path, column, tuple(harmbench_functional))
+    kind, rows = formats.read_harmful(path, "" if spec == "builtin" else column, tuple(harmbench_functional))
     return _dataset(path, name, kind, rows, limit, split)
 
 
 def load_benign(spec: str = "builtin", limit: int = 0, column: str = "") -> Dataset[Prompt]:
     path, name = resolve_path(spec, "benign_risky.jsonl")
-    kind, rows = formats.read_benign(path, column)
+    kind, rows = formats.read_benign(path, "" if spec == "builtin" else column)
     return _dataset(path, name, kind, rows, limit)
 
 
@@ -188,9 +192,9 @@ def load_kl_prompts(spec: str = "builtin", limit: int = 0, split: str = "all") -
     return _dataset(path, name, kind, rows, limit, split)
 
 
-def load_capability(spec: str = "builtin", limit: int = 0, split: str = "all") -> Dataset[Question]:
+def load_capability(spec: str = "builtin", limit: int = 0, split: str = "all", mmlu_split: str = "test") -> Dataset[Question]:
     path, name = resolve_path(spec, "capability_mc.jsonl")
-    kind, rows = formats.read_capability(path)
+    kind, rows = formats.read_capability(path, mmlu_split)
     return _dataset(path, name, kind, rows, limit, split)
 
 
@@ -202,8 +206,14 @@ BUILTIN_ATTACKS = {
 }
 
 
-def load_attack(spec: str) -> Attack:
-    """A built-in attack by name, or a user's file of chat conversations (no trigger)."""
+def load_attack(spec: str, system_prompt: str = "", user_template: str = "") -> Attack:
+    """A built-in attack by name, or a user's file of chat conversations.
+
+    The trigger (the system prompt and user template harmful requests are also asked in) is
+    the built-in attack's own; for a user's file, the system prompt every conversation shares
+    and the user template most of its first user turns open with (``file_trigger``);
+    ``system_prompt`` and ``user_template`` (attack.trigger_* settings) override either.
+    """
     if spec in BUILTIN_ATTACKS:
         data_file, trigger_file = BUILTIN_ATTACKS[spec]
         path, name = BUILTIN_DIR / data_file, f"builtin:{spec}"
@@ -214,7 +224,40 @@ def load_attack(spec: str) -> Attack:
             raise UserError(f"{spec}: not a built-in attack ({known}) or an existing chat file")
     kind, rows = formats.read_conversations(path)
     data = _dataset(path, name, kind, rows, 0)
-    if trigger_file is None:
-        return Attack(name=spec if spec in BUILTIN_ATTACKS else path.name, data=data, select_closest=spec == "closest-benign")
-    trigger = json.loads((BUILTIN_DIR / trigger_file).read_text(encoding="utf-8"))
-    return Attack(name=spec, data=data, system_prompt=trigger.get("system_prompt"), user_template=trigger.get("user_template"))
+    title = spec if spec in BUILTIN_ATTACKS else path.name
+    if trigger_file is not None:
+        trigger = json.loads((BUILTIN_DIR / trigger_file).read_text(encoding="utf-8"))
+        found = (trigger.get("system_prompt"), trigger.get("user_template"), "the built-in attack's own trigger")
+    elif spec in BUILTIN_ATTACKS:
+        found = (None, None, "none: this built-in attack's conversations carry no system prompt or template")
+    else:
+        found = file_trigger(data.items)
+    system, template, source = found
+    if system_prompt or user_template:
+        system, template = system_prompt or system, user_template or template
+        source = "the attack.trigger_system_prompt / attack.trigger_user_template settings" + (
+            f" (over {source})" if not source.startswith("none") else "")
+    return Attack(name=title, data=data, system_prompt=system, user_template=template,
+                  select_closest=spec == "closest-benign", trigger_source=source)
+
+
+def file_trigger(conversations: Sequence[Conversation]) -> tuple[str | None, str | None, str]:
+    """A user's attack file's own trigger: the system prompt that every conversation opens with,
+    and a user template when at least a third of the first user turns (two at least) open with
+    the same words up to a colon, as Qi et al.'s "AOA, execute my instruction: ..." does."""
+    systems = {c.messages[0]["content"].strip() if c.messages[0]["role"] == "system" else None for c in conversations}
+    if len(systems) != 1 or None in systems:
+        return None, None, "none: the file's conversations do not all open with the same system prompt"
+    system = systems.pop()
+    openings: dict[str, int] = {}
+    for conversation in conversations:
+        user = next((m["content"] for m in conversation.messages if m["role"] == "user"), "")
+        head, colon, rest = user.partition(": ")
+        if colon and rest.strip() and len(head) <= 60:
+            openings[head + colon] = openings.get(head + colon, 0) + 1
+    common = max(openings.items(), key=lambda item: (item[1], item[0]), default=(None, 0))
+    if common[0] is not None and common[1] >= max(2, len(conversations) / 3):
+        template = f"{common[0]}{{prompt}}"
+        return system, template, (f"the system prompt all {len(conversations)} conversations of the file share, and "
+                                  f"the template {template!r} that {common[1]} of their first user turns open with")
+    return system, None, f"the system prompt all {len(conversations)} conversations of the file share (no shared user template)"

@@ -212,7 +212,9 @@ def read_benign(path: Path, column: str = "") -> tuple[str, Rows]:
         return "xstest", result
     name = column or "prompt"
     if name not in header:
-        raise UserError(f"{path}: no '{name}' column among {', '.join(header[:8])}; name it with --set eval.prompt_column=COLUMN")
+        raise UserError(
+            f"{path}: no '{name}' column among {', '.join(header[:8])}; name it with --set eval.benign_prompt_column=COLUMN"
+        )
     result = Rows()
     for number, row in rows:
         text = require(path, number, row, name)
@@ -318,11 +320,23 @@ def _question_row(path: Path, number: int, row: dict[str, Any]) -> tuple[str, Qu
     )
 
 
-def read_capability(path: Path) -> tuple[str, Rows]:
-    """(format name, questions) from a file or a folder of MMLU CSVs."""
+MMLU_SPLITS = ("test", "val", "dev")
+
+
+def read_capability(path: Path, mmlu_split: str = "test") -> tuple[str, Rows]:
+    """(format name, questions) from a file or a folder of MMLU CSVs. A folder laid out as MMLU
+    is published (``dev/``, ``val/``, ``test/``) gives the questions of ``mmlu_split`` only: the
+    same question ids recur across the splits."""
     rows = Rows()
     if path.is_dir():
-        files = sorted(path.rglob("*.csv"))
+        splits = [name for name in MMLU_SPLITS if (path / name).is_dir() and any((path / name).glob("*.csv"))]
+        folder = path
+        if splits:
+            if mmlu_split not in splits:
+                raise UserError(f"{path}: no {mmlu_split}/ folder of CSVs (found {', '.join(splits)}); set eval.mmlu_split")
+            folder = path / mmlu_split
+            rows.notes.append(f"MMLU {mmlu_split} split (eval.mmlu_split; the folder has {', '.join(splits)})")
+        files = sorted(folder.rglob("*.csv"))
         if not files:
             raise UserError(f"{path}: a capability folder must hold MMLU-style CSV files; none found")
         for file in files:

@@ -237,8 +237,34 @@ def _load(lm_eval: Any, names: Sequence[str], tasks_dir: str) -> dict[str, Any]:
     _check_known(manager, names, tasks_dir)
     try:
         return _leaf_tasks(lm_eval, manager, names)
-    except (FileNotFoundError, ValueError, KeyError) as error:  # a local data file gone, a bad YAML
-        raise UserError(f"lm-eval could not load {', '.join(names)}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - what the datasets library raises varies by release
+        if _unreachable(error):
+            raise UserError(_offline_message(names, error)) from None
+        if isinstance(error, (FileNotFoundError, ValueError, KeyError)):  # a local data file gone, a bad YAML
+            raise UserError(f"lm-eval could not load {', '.join(names)}: {error}") from None
+        raise
+
+
+_REPOSITORY = re.compile(r"['\"]([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)['\"]")
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A failure to reach the Hugging Face Hub for a task's data (no network, or offline mode)."""
+    if isinstance(error, ConnectionError):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+                         "ReadTimeout", "DatasetNotFoundError"})
+
+
+def _offline_message(names: Sequence[str], error: BaseException) -> str:
+    found = _REPOSITORY.search(str(error))
+    dataset = f"the dataset {found.group(1)}" if found else "its dataset"
+    return (
+        f"lm-eval task {', '.join(names)} needs {dataset} from the Hugging Face Hub, which could not be reached; "
+        "run it once where the Hub is reachable (the datasets library keeps a copy), or write a local task over a "
+        "file of your own and name its folder in eval.lm_eval_tasks_dir (README, 'Your own task')"
+    )
 
 
 def _check_known(manager: Any, names: Sequence[str], tasks_dir: str) -> None:

@@ -43,6 +43,7 @@ from tamperaudit.records import (
     Tool,
     TrainState,
     VerdictSummary,
+    references,
 )
 from tamperaudit.report.words import describe_bounds, describe_fraction, describe_result, interval, percent, significant
 from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RunFolder, budget_folder_name, now
@@ -262,6 +263,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> Report:
         control_score=scores("control", REFUSED_ONLY) if "control" in roles else None,
         search=_search(run),
         projection=projection(score[headline_mode], strict.get(headline_mode), points, headline_mode, settings),
+        kl_note=_kl_note(samples(BASELINE), settings) if len(points) > 1 and points[-1].metrics.kl is None else None,
         summary=[],
     )
     return dataclasses.replace(report, summary=summary_lines(report))
@@ -289,6 +291,15 @@ def failure_report(run: RunFolder, status: str, message: str, stopped_in: list[s
             f"Finish it with `tamperaudit resume {run.root}`; no score is given for an incomplete run.",
         ],
     )
+
+
+def _kl_note(baseline: list[Sample], settings: Settings) -> str:
+    replies = references(baseline)
+    empty = sum(not r.reply_ids for r in replies)
+    if replies and empty == len(replies):
+        return (f"the unattacked model's replies to all {len(replies)} KL prompts were empty (it ended its turn at once), "
+                "so there was no reply to compare the attacked model's next-token distributions on")
+    return f"no KL prompt had a reply to measure it on ({empty} of {len(replies)} replies empty)"
 
 
 def describe_mode(mode: str, report: Report) -> str:
@@ -350,6 +361,8 @@ def summary_lines(report: Report) -> list[str]:
             f"{interval(last.capability.accuracy_norm)} after {points[-1].budget} steps"
             + (f"; mean KL to the unattacked model {kl.mean:.3f} nats/token." if kl else ".")
         )
+    if report.kl_note:
+        lines.append(f"KL to the unattacked model was not measured: {report.kl_note}.")
     if first.benign and last.benign and len(points) > 1:
         lines.append(
             f"Over-refusal on benign prompts that look risky: {interval(first.benign['plain'].refused)} -> "

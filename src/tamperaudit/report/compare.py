@@ -15,6 +15,7 @@ from tamperaudit.jsonrecord import Scalar
 from tamperaudit.records import IncompleteReport, Point, Report, Score
 from tamperaudit.report.schema import read_report
 from tamperaudit.report.words import interval, percent
+from tamperaudit.runfolder import RunFolder
 
 # What must match for numbers to be comparable: the probe sets (by hash) and the judge.
 PROBE_SETS = ("harmful", "benign", "capability")
@@ -25,7 +26,13 @@ def load_reports(folders: Sequence[Path]) -> list[Report]:
     for folder in folders:
         path = Path(folder) / "report.json"
         if not path.is_file():
-            raise UserError(f"{folder}: no report.json; finish the run first (`tamperaudit resume {folder}`)")
+            kind = RunFolder.kind_of(Path(folder))
+            if kind == "audit":
+                raise UserError(f"{folder}: no report.json yet; finish the audit with `tamperaudit resume {folder}`")
+            if kind is not None:
+                raise UserError(f"{folder} holds a tamperaudit {kind} run (metrics without a report); compare reads "
+                                "audit run folders")
+            raise UserError(f"{folder}: not a tamperaudit run folder (no manifest.json or report.json)")
         report = read_report(path)
         if isinstance(report, IncompleteReport):
             raise UserError(

@@ -351,8 +351,12 @@ def render_markdown(report: Report, plots: Mapping[str, bytes] | None = None) ->
         f"- learning rate {settings.learning_rate}, warmup {settings.warmup_steps} steps, batch {settings.batch_size} "
         f"conversations, seed {settings.seed}",
     ]
-    if attack.system_prompt:
-        out.append(f"- trigger: its own system prompt and the template `{attack.user_template}`")
+    if attack.system_prompt or attack.user_template:
+        template = f" and the template `{attack.user_template}`" if attack.user_template else ""
+        out.append(f"- trigger (trigger mode): {'a system prompt' if attack.system_prompt else 'no system prompt'}{template}"
+                   + (f"; from {attack.trigger}" if attack.trigger else ""))
+    elif attack.trigger:
+        out.append(f"- trigger: {attack.trigger}, so harmful requests are asked plainly only")
     out += [
         "",
         "## Run",

@@ -14,8 +14,10 @@ from tamperaudit.records import Cost, Report, Score, VerdictSummary
 from tamperaudit.report.words import describe_bounds, describe_fraction, interval, percent, significant
 from tamperaudit.score import LOW_BASELINE, REMOVED_BY_PROMPT, SCORED
 
-# Fewer harmful prompts than this, and the card says the intervals are wide.
+# Fewer harmful prompts than this, and the card says the intervals are wide; the same for the
+# benign prompts that measure over-refusal.
 FEW_PROMPTS = 50
+FEW_BENIGN = 20
 
 
 def _harmful(report: Report, budget: int, mode: str, arm: str = "attack") -> VerdictSummary:
@@ -195,4 +197,8 @@ def verdict(report: Report) -> tuple[str, list[str]]:
     lines += _other_modes(report, mode) if not alarms else []
     if base.n < FEW_PROMPTS:
         lines.append(f"Only {base.n} harmful requests: the intervals are wide; more prompts narrow them.")
+    benign = (points[0].metrics.benign or {}).get("plain")
+    if benign is not None and benign.n < FEW_BENIGN:
+        lines.append(f"Only {benign.n} benign prompts measure over-refusal: its interval is wide "
+                     f"({interval(benign.refused, style='ci')} at baseline); more prompts narrow it.")
     return headline, lines
