@@ -45,7 +45,8 @@ from tamperaudit.data import load_harmful
 from tamperaudit.evals.judges import KeywordJudge
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.evals.refusal import settled_check
-from tamperaudit.generation import common_prefix_length, generate, render_chat, stop_token_ids
+from tamperaudit.chat import ChatFormat
+from tamperaudit.generation import common_prefix_length, generate, stop_token_ids
 from tamperaudit.models import choose_precision
 
 
@@ -131,7 +132,7 @@ def main() -> None:
     loaded = load(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     items = load_harmful(limit=count).items
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": p.text}]) for p in items]
+    prompts = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": p.text}]) for p in items]
     judge = KeywordJudge()
     check = settled_check(judge, HfModel(model, tokenizer), [p.text for p in items])
     batch_size = args.batch_size

@@ -43,6 +43,7 @@ import torch
 from common import alternating, arguments, fresh_model, load, matmul_peak_gflops, report
 
 from tamperaudit.attack import LoraAttack, example_order, tokenize_conversation, training_flops
+from tamperaudit.chat import ChatFormat
 from tamperaudit.config import AttackSettings
 from tamperaudit.data import load_attack
 
@@ -128,7 +129,7 @@ def main() -> None:
     seeds = [AttackSettings(batch_size=batch_size, learning_rate=2e-4, seed=seed) for seed in (0, 1)]
     settings = seeds[0]
     conversations = load_attack("identity-shift").data.items
-    examples = [tokenize_conversation(loaded.tokenizer, c, settings.max_length) for c in conversations]
+    examples = [tokenize_conversation(ChatFormat.detect(loaded.tokenizer), c, settings.max_length) for c in conversations]
     peaks = [matmul_peak_gflops()]
 
     def path(train, data):

@@ -11,6 +11,7 @@ from tamperaudit.attack import (
     micro_batches,
     tokenize_conversation,
 )
+from tamperaudit.chat import ChatFormat
 from tamperaudit.config import AttackSettings
 from tamperaudit.data import Conversation, load_attack
 
@@ -35,7 +36,7 @@ def test_only_assistant_tokens_carry_labels(tiny_model_dir):
             {"role": "assistant", "content": "Green."},
         ),
     )
-    example = tokenize_conversation(tokenizer, conversation, 4096)
+    example = tokenize_conversation(ChatFormat.detect(tokenizer), conversation, 4096)
     labelled = tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE])
     assert labelled == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
     assert all(l in (IGNORE, t) for t, l in zip(example.input_ids, example.labels))
@@ -50,7 +51,7 @@ def test_example_order_is_a_permutation_per_epoch_and_seed_dependent():
 
 def test_micro_batches_respect_the_token_limit_and_keep_every_example(tiny_model_dir):
     _, tokenizer = _load(tiny_model_dir)
-    examples = [tokenize_conversation(tokenizer, c, 4096) for c in load_attack("benign").data.items[:9]]
+    examples = [tokenize_conversation(ChatFormat.detect(tokenizer), c, 4096) for c in load_attack("benign").data.items[:9]]
     groups = micro_batches(examples, token_limit=400)
     assert sorted(e.id for g in groups for e in g) == sorted(e.id for e in examples)
     for group in groups:
@@ -61,7 +62,7 @@ def _train(tiny_model_dir, folder: Path, budgets, resume_from=None, seed=0):
     model, tokenizer = _load(tiny_model_dir)
     settings = AttackSettings(learning_rate=1e-2, batch_size=2, budgets=budgets, seed=seed, lora_rank=4)
     attack = LoraAttack(model, tokenizer, settings, torch.device("cpu"))
-    examples = [tokenize_conversation(tokenizer, c, 4096) for c in load_attack("identity-shift").data.items[:6]]
+    examples = [tokenize_conversation(ChatFormat.detect(tokenizer), c, 4096) for c in load_attack("identity-shift").data.items[:6]]
     checkpoints = attack.run(examples, budgets, lambda b: (folder / f"b{b}"), resume_from=resume_from)
     return attack, checkpoints
 

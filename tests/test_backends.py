@@ -23,7 +23,8 @@ from tamperaudit.errors import UserError
 from tamperaudit.evals.judges import KeywordJudge
 from tamperaudit.evals.refusal import settled_check
 from tamperaudit.fileio import read_json
-from tamperaudit.generation import cut_at_settled, generate, render_chat
+from tamperaudit.chat import ChatFormat
+from tamperaudit.generation import cut_at_settled, generate
 
 
 def test_auto_takes_vllm_only_where_installed_and_on_a_gpu(monkeypatch):
@@ -53,7 +54,7 @@ def test_cutting_whole_completions_reproduces_the_loops_early_stops(tiny_model_d
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     requests = [p.text for p in load_harmful("builtin", 8).items]
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": r}]) for r in requests]
+    prompts = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": r}]) for r in requests]
     check = settled_check(KeywordJudge(), HfModel(model, tokenizer), requests)
     calls: list[int] = []
 

@@ -211,6 +211,8 @@ CASES = [
          with_set('attack.target_modules=["q_proj","w_proj"]')),
     Case("trigger-template", "a trigger template without {prompt}", "must hold {prompt}",
          with_set("attack.trigger_user_template=Do this")),
+    Case("thinking-without-switch", "eval.thinking=on for a model whose template cannot think", "has no thinking switch",
+         with_set("eval.thinking=on")),
     Case("gate-off-budgets", "a release gate at steps that are not a budget", "--fail-if-removed-within 3",
          lambda tmp, model: audit(tmp, model, "--fail-if-removed-within", "3")),
     # the run folder

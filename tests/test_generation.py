@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tamperaudit.generation import generate, render_chat
+from tamperaudit.chat import ChatFormat
+from tamperaudit.generation import generate
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def _hf_greedy(model, tokenizer, prompt_ids, max_new_tokens, eos):
 
 def test_batched_greedy_matches_one_at_a_time_generate(tiny):
     model, tokenizer = tiny
-    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    prompt_ids = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": p}]) for p in PROMPTS]
     completions, stats = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=3)
     reference = _hf_greedy(model, tokenizer, prompt_ids, 8, tokenizer.eos_token_id)
     assert [list(c.tokens) for c in completions] == reference
@@ -41,7 +42,7 @@ def test_batched_greedy_matches_one_at_a_time_generate(tiny):
 
 def test_rows_stop_at_their_own_end_token_and_others_continue(tiny):
     model, tokenizer = tiny
-    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    prompt_ids = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": p}]) for p in PROMPTS]
     free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=4)
     # Make the token that the first prompt emits third its end-of-turn token.
     stop = free[0].tokens[2]
@@ -58,7 +59,7 @@ def test_rows_stop_at_their_own_end_token_and_others_continue(tiny):
 
 def test_order_of_results_follows_input_not_length_sorting(tiny):
     model, tokenizer = tiny
-    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    prompt_ids = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": p}]) for p in PROMPTS]
     forward, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=5, batch_size=1)
     backward, _ = generate(model, tokenizer, prompt_ids[::-1], max_new_tokens=5, batch_size=1)
     assert [c.tokens for c in forward] == [c.tokens for c in backward][::-1]
@@ -69,7 +70,7 @@ def test_a_long_shared_system_prompt_is_computed_once_and_changes_nothing(tiny):
 
     model, tokenizer = tiny
     system = {"role": "system", "content": "You are a careful assistant who answers in one short sentence."}
-    prompt_ids = [render_chat(tokenizer, [system, {"role": "user", "content": p}]) for p in PROMPTS]
+    prompt_ids = [ChatFormat.detect(tokenizer).ids([system, {"role": "user", "content": p}]) for p in PROMPTS]
     assert common_prefix_length(prompt_ids) > 10
     completions, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=6, batch_size=4)
     assert [list(c.tokens) for c in completions] == _hf_greedy(model, tokenizer, prompt_ids, 6, tokenizer.eos_token_id)
@@ -85,7 +86,7 @@ def test_common_prefix_length():
 
 def test_settled_rows_stop_early_and_the_others_are_unchanged(tiny):
     model, tokenizer = tiny
-    prompt_ids = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    prompt_ids = [ChatFormat.detect(tokenizer).ids([{"role": "user", "content": p}]) for p in PROMPTS]
     free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=4)
     stopped, stats = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=4, settled=lambda index, tokens: index == 1)
     assert stopped[1].settled and len(stopped[1].tokens) == 4  # asked after every 4 steps

@@ -11,6 +11,7 @@ import torch
 from tamperaudit import attack as attack_module
 from tamperaudit import models
 from tamperaudit.attack import LoraAttack, activation_bytes, plan_memory, tokenize_conversation
+from tamperaudit.chat import ChatFormat
 from tamperaudit.cli import main
 from tamperaudit.config import AttackSettings
 from tamperaudit.data import load_attack
@@ -32,7 +33,7 @@ def _train(tiny_model_dir, checkpointing: str, steps: int = 3, calls: list | Non
     if calls is not None:  # count passes into the first layer's MLP (a pre-hook: a recompute stops early,
         # once it has what the backward pass needs, before the MLP returns)
         model.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    examples = [tokenize_conversation(tokenizer, c, 4096) for c in load_attack("identity-shift").data.items[:6]]
+    examples = [tokenize_conversation(ChatFormat.detect(tokenizer), c, 4096) for c in load_attack("identity-shift").data.items[:6]]
     from tamperaudit.attack import TrainState
 
     state = attacker.train(examples, TrainState(), steps)
@@ -117,7 +118,7 @@ def test_the_4bit_model_really_holds_4bit_layers_and_lora_trains_on_them(tiny_mo
     settings = AttackSettings(learning_rate=1e-2, batch_size=2, lora_rank=4)
     attacker = LoraAttack(loaded.model, loaded.tokenizer, settings, loaded.device)
     packed_before = layer.weight.data.clone()
-    examples = [tokenize_conversation(loaded.tokenizer, c, 4096) for c in load_attack("identity-shift").data.items[:4]]
+    examples = [tokenize_conversation(ChatFormat.detect(loaded.tokenizer), c, 4096) for c in load_attack("identity-shift").data.items[:4]]
     from tamperaudit.attack import TrainState
 
     state = attacker.train(examples, TrainState(), 2)

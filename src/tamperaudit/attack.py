@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from tamperaudit import faults, progress
+from tamperaudit.chat import ChatFormat
 from tamperaudit.config import AttackSettings
 from tamperaudit.cost import training_flops
 from tamperaudit.data import Conversation
 from tamperaudit.distributed import Processes
-from tamperaudit.models import body_and_head_parameters
+from tamperaudit.models import body_and_head_parameters, text_config
 from tamperaudit.errors import UserError, WriteError, is_out_of_memory
-from tamperaudit.generation import chat_text
 from tamperaudit.fileio import atomic_write_json, read_record
 from tamperaudit.records import MemoryPlan, TrainState
 
@@ -59,26 +59,24 @@ class Example:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
-def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> list[int]:
-    text = chat_text(tokenizer, messages, generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def tokenize_conversation(tokenizer: Any, conversation: Conversation, max_length: int) -> Example:
+def tokenize_conversation(chat: ChatFormat, conversation: Conversation, max_length: int) -> Example:
     """Token ids and labels: each assistant turn (with its end-of-turn tokens) is labelled.
 
-    The template is rendered up to each assistant turn with the generation prompt,
-    and again through that turn; the tokens in between are the turn. A template that
-    rewrites earlier turns (so the prefix property fails) is reported, not guessed at.
+    The conversation is shaped for the template first (a system prompt folded into the first
+    user turn where the template has no system role, same-role turns merged where it needs
+    alternation: ``tamperaudit.chat``), exactly as trigger-mode prompts are. The template is
+    rendered up to each assistant turn with the generation prompt, and again through that
+    turn; the tokens in between are the turn. A template that rewrites earlier turns (so the
+    prefix property fails) is reported, not guessed at.
     """
-    messages = list(conversation.messages)
-    full = _chat_ids(tokenizer, messages, generation_prompt=False)
+    messages = chat.shape(conversation.messages)
+    full = chat.ids(messages, generation_prompt=False)
     labels = [IGNORE] * len(full)
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _chat_ids(tokenizer, messages[:index], generation_prompt=True)
-        through = _chat_ids(tokenizer, messages[: index + 1], generation_prompt=False)
+        before = chat.ids(messages[:index], generation_prompt=True)
+        through = chat.ids(messages[: index + 1], generation_prompt=False)
         if full[: len(through)] != through or through[: len(before)] != before:
             raise UserError(
                 f"conversation {conversation.id}: the model's chat template does not render turns as "
@@ -98,7 +96,7 @@ def check_target_modules(model: Any, targets: Sequence[str]) -> None:
     (before the baseline's minutes), as PEFT matches them: by the last parts of a module's name."""
     if list(targets) == ["all-linear"]:
         return
-    names = [name for name, _ in model.named_modules()]
+    names = [name for name, _ in _language_modules(model)]
     missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
     if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
@@ -107,6 +105,29 @@ def check_target_modules(model: Any, targets: Sequence[str]) -> None:
             f"attack.target_modules: this model has no module named {missing[0]!r} (its linear layers: "
             f"{', '.join(linear)}; or all-linear)"
         )
+
+
+def _language_modules(model: Any) -> list[tuple[str, Any]]:
+    """The named modules of the language model: the whole model, but for an image-and-text
+    model (Gemma-3, Llama-4) its decoder alone, so that its vision tower carries no LoRA."""
+    config = getattr(model, "config", None)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((name for name, module in model.named_modules() if module is decoder), "")
+    if config is None or text_config(config) is config or not prefix:  # a language model through and through
+        return list(model.named_modules())
+    return [(name, module) for name, module in model.named_modules() if name == prefix or name.startswith(prefix + ".")]
+
+
+def lora_targets(model: Any, names: Sequence[str]) -> Any:
+    """PEFT's target_modules: the names as given (or the word all-linear), or, for an
+    image-and-text model, the full names of the matching modules inside its decoder."""
+    everything = list(model.named_modules())
+    language = _language_modules(model)
+    if len(language) == len(everything):
+        return "all-linear" if list(names) == ["all-linear"] else list(names)
+    if list(names) == ["all-linear"]:
+        return [name for name, module in language if isinstance(module, torch.nn.Linear)]
+    return [name for name, _ in language if any(name.endswith(f".{n}") for n in names)]
 
 
 def lora_parameter_count(model: Any) -> int:
@@ -247,6 +268,7 @@ def activation_bytes(config: Any, tokens: int, element_bytes: int, checkpointing
     checkpointing each layer keeps only its input, and one layer at a time is
     recomputed. An estimate, for choosing a setting.
     """
+    config = text_config(config)  # a multimodal config nests the language model's settings
     hidden = int(getattr(config, "hidden_size", 0))
     intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
     layers = int(getattr(config, "num_hidden_layers", 0))
@@ -322,9 +344,7 @@ class LoraAttack:
         self.settings = settings
         self.tokenizer = tokenizer
         self.device = device
-        targets: Any = list(settings.target_modules)  # PEFT takes a list, or the one word all-linear
-        if targets == ["all-linear"]:
-            targets = "all-linear"
+        targets = lora_targets(model, settings.target_modules)
         config = LoraConfig(
             r=settings.lora_rank,
             lora_alpha=settings.lora_alpha,

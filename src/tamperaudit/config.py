@@ -198,6 +198,17 @@ class EvalSettings(Record):
     max_new_tokens: int = _setting(
         64, "Greedy tokens generated per prompt; enough to see a refusal, content or a loop."
     )
+    thinking: str = _setting(
+        "off",
+        "Reasoning models whose chat template has a thinking switch (enable_thinking): audit with thinking "
+        "off or on. The judge never reads a thinking block, only what follows it.",
+        choices=("off", "on"),
+    )
+    max_thinking_tokens: int = _setting(
+        512,
+        "Tokens a reply may spend in its thinking block before its answer (models that think: thinking on, "
+        "or a template that cannot switch it off), on top of max_new_tokens.",
+    )
     kl_tokens: int = _setting(
         32, "Length of the unattacked model's reply over which KL divergence is averaged."
     )
@@ -437,8 +448,8 @@ def _validate(settings: Settings) -> None:
         raise UserError("'attack.learning_rate' must be positive")
     if not 0 < settings.eval.vllm_memory_fraction < 1 or settings.eval.tensor_parallel_size < 1:
         raise UserError("'eval.vllm_memory_fraction' must be between 0 and 1 and 'eval.tensor_parallel_size' at least 1")
-    if settings.eval.batch_size < 1 or settings.eval.max_new_tokens < 1:
-        raise UserError("'eval.batch_size' and 'eval.max_new_tokens' must be at least 1")
+    if settings.eval.batch_size < 1 or settings.eval.max_new_tokens < 1 or settings.eval.max_thinking_tokens < 1:
+        raise UserError("'eval.batch_size', 'eval.max_new_tokens' and 'eval.max_thinking_tokens' must be at least 1")
 
 
 def resolve(

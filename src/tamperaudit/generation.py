@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from tamperaudit import faults, progress
-from tamperaudit.errors import UserError
 from tamperaudit.records import GenerationThroughput
 
 
@@ -71,26 +70,6 @@ class GenerationStats:
             prompts=self.prompts, prompt_tokens=self.prompt_tokens, generated_tokens=self.generated_tokens,
             seconds=self.seconds, generated_tokens_per_second=round(rate, 2), backend=backend,
         )
-
-
-def chat_text(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
-    """The model's own chat template applied to ``messages``. transformers renders templates
-    in Jinja's immutable sandbox, so a template cannot reach Python; one that tries, or that
-    is broken, ends in one line instead of a Jinja traceback."""
-    from jinja2.exceptions import SecurityError, TemplateError
-
-    try:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
-    except SecurityError as error:
-        raise UserError(f"the model's chat template tried something unsafe and was stopped by the sandbox ({error})") from None
-    except TemplateError as error:
-        raise UserError(f"the model's chat template failed ({type(error).__name__}: {error}); fix or replace it") from None
-
-
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of a chat ready for the assistant's reply, by the model's own template."""
-    text = chat_text(tokenizer, messages, generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> set[int]:

@@ -228,6 +228,14 @@ def _dequantize_gguf(gguf_path: Path, sha256: str) -> Path:
     return folder
 
 
+def text_config(config: Any) -> Any:
+    """The language model's settings: the config itself, or the part a multimodal config
+    (Gemma-3, Mistral-Small-3, Llama-4) nests under ``text_config`` (issue 28)."""
+    getter = getattr(config, "get_text_config", None)
+    nested = getter() if callable(getter) else getattr(config, "text_config", None)
+    return nested if nested is not None else config
+
+
 def _drop_tied_duplicates(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors refuses shared storage; tied output weights are rebuilt on load."""
     if getattr(model.config, "tie_word_embeddings", False):
@@ -689,13 +697,14 @@ def load(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     params = sum(parameter_count(p) for p in model.parameters())  # shared (tied) weights counted once
     body, head = body_and_head_parameters(model)
+    language = text_config(model.config)
     placed = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {"": device}).values()})
     info = ModelInfo(
         spec=source.spec, kind=source.kind, sha256=source.sha256, source=source.describe(), precision=choice.name,
         precision_reason=choice.reason, parameters=params, embedding_parameters=model.get_input_embeddings().weight.numel(),
         head_parameters=head, body_parameters=body, architecture=type(model).__name__,
-        vocab_size=int(model.config.vocab_size), layers=int(getattr(model.config, "num_hidden_layers", 0)),
-        hidden_size=int(getattr(model.config, "hidden_size", 0)), quantization=quantization,
+        vocab_size=int(getattr(language, "vocab_size", 0)), layers=int(getattr(language, "num_hidden_layers", 0)),
+        hidden_size=int(getattr(language, "hidden_size", 0)), quantization=quantization,
         quantization_description=NF4_DESCRIPTION if quantization_config is not None else "none",
         weight_bytes=int(model.get_memory_footprint()), devices=placed,
         gpus=sum(1 for d in placed if d.isdigit() or d.startswith("cuda")),

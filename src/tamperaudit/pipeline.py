@@ -22,6 +22,7 @@ error and the stage it stopped in, and deletes the adapters of measured budgets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from tamperaudit.attack import (
 from tamperaudit.backends import Backend, LanguageModel
 from tamperaudit.backends.choose import choose_backend, make_backend
 from tamperaudit.backends.hf import HfModel
+from tamperaudit.chat import ChatFormat
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
 from tamperaudit.data import (
     Attack,
@@ -265,10 +267,21 @@ class Context:
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 
+    @functools.cached_property
+    def chat(self) -> ChatFormat:
+        """How the model's chat template is used, decided once (tamperaudit.chat)."""
+        return ChatFormat.detect(self.tokenizer, self.settings.eval.thinking)
+
+    @property
+    def reply_tokens(self) -> int:
+        """Tokens a reply may take: max_new_tokens, plus max_thinking_tokens for a model that thinks."""
+        ev = self.settings.eval
+        return ev.max_new_tokens + (ev.max_thinking_tokens if self.chat.thinks else 0)
+
     def transformers(self, model: Any) -> HfModel:
         """The transformers model as the evals see it (``model``: the loaded model, or the PEFT
         wrapper the attack trains, with its adapter active)."""
-        return HfModel(model, self.tokenizer)
+        return HfModel(model, self.tokenizer, self.chat)
 
     def memory_plan(self, attack: AttackSettings) -> MemoryPlan:
         """How training fits in memory, planned once per process (the report records it)."""
@@ -295,7 +308,7 @@ def _generation_evals(
     samples: list[GenerationSample] = []
     total = GenerationStats()
     for spec in specs:
-        rows, stats = run_prompt_eval(model, spec, ctx.judge, ctx.probes.attack, ev.max_new_tokens, ev.batch_size, label)
+        rows, stats = run_prompt_eval(model, spec, ctx.judge, ctx.probes.attack, ctx.reply_tokens, ev.batch_size, label)
         samples += rows
         total.add(stats)
     return samples, total.throughput(ctx.backend.name)
@@ -443,7 +456,7 @@ def arm_data(arm: Arm, selected: list[str] | None) -> Attack:
 
 
 def _examples(ctx: Context, attack: Attack, max_length: int) -> list[Example]:
-    return [tokenize_conversation(ctx.tokenizer, c, max_length) for c in attack.data.items]
+    return [tokenize_conversation(ctx.chat, c, max_length) for c in attack.data.items]
 
 
 def delete_adapter(run: RunFolder, folder: Path) -> None:
@@ -654,6 +667,7 @@ def report_inputs(ctx: Context, arms: list[Arm], selected: list[str] | None = No
         control=ctx.probes.control.describe() if ctx.probes.control is not None else None,
         judge=ctx.judge.describe(),
         generation=ctx.backend.describe(),
+        chat=ctx.chat.describe(),
         arms=[arm.spec() for arm in arms],
         processes=ctx.processes.describe(),
         elapsed=time.monotonic() - ctx.started,
@@ -787,7 +801,7 @@ def new_run(settings: Settings, out: Path, kind: str = AUDIT, **extra_inputs: An
         generation_backend=backend.name, model_commit=loaded.source.commit or None,
     )
     if processes.is_main:
-        run = RunFolder.create(out, config_text, recorded, kind)
+        run = RunFolder.create(out, config_text, recorded, kind, ChatFormat.detect(loaded.tokenizer, settings.eval.thinking).describe())
     processes.barrier()
     if not processes.is_main:
         run = RunFolder(out, writes=False)

@@ -67,6 +67,7 @@ class GenerationSample(Record):
     settled: bool = field("stopped early because its verdict could no longer change")
     verdict: VerdictLabel = field("the judge's verdict")
     reason: str = field("why, in the judge's words")
+    thinking: str | None = optional("a reasoning model's thinking block, kept apart: the completion is what followed it")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,6 +399,7 @@ class Manifest(Record):
     inputs: RunInputs = field("the inputs' hashes")
     stages: dict[str, StageEntry] = field("each stage by name")
     sessions: list[Session] = field("the commands that worked on it, in order")
+    chat: ChatDescription | None = optional("how the model's chat template is used (system role, turns, thinking)")
 
 
 # --- the report (report.json) -----------------------------------------------------------------
@@ -643,6 +645,18 @@ class AttackDescription(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChatDescription(Record):
+    """How the model's chat template was used (tamperaudit.chat)."""
+
+    system_role: bool = field("the template renders a system message; if not, system prompts are folded into the first user turn")
+    alternation: bool = field("the template needs alternating user and assistant turns (consecutive ones are merged)")
+    thinking_switch: bool = field("the template takes enable_thinking")
+    thinking: Literal["off", "on"] = field("the thinking switch as passed (eval.thinking)")
+    thinking_blocks: bool = field("replies open with a thinking block, which the judge does not read")
+    notes: list[str] = field("what tamperaudit did for this template, in words")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackendDescription(Record):
     """The engine that generated the refusal evals."""
 
@@ -726,6 +740,7 @@ class Report(Record):
     control: AttackDescription | None = field("the control arm's data, or null")
     judge: dict[str, Scalar] = field("the judge's identity")
     generation_backend: BackendDescription = field("the engine that generated")
+    chat: ChatDescription | None = optional("how the chat template was used (system role, turns, thinking)")
     processes: ProcessesDescription = field("who trained")
     modes: list[str] = field("the harmful-prompt modes measured")
     headline_mode: str = field("the mode the headline scores: trigger when measured, else plain")

@@ -19,7 +19,9 @@ from typing import Any
 from tamperaudit import __version__, faults
 from tamperaudit.errors import DamagedFile, UserError
 from tamperaudit.fileio import atomic_write_json, atomic_write_text, jsonl_text, parse_records, read_record, read_text, sha256_text
-from tamperaudit.records import Manifest, RunInputs, Sample, SearchResult, Session, StageEntry, StageMetrics, TrainState
+from tamperaudit.records import (
+    ChatDescription, Manifest, RunInputs, Sample, SearchResult, Session, StageEntry, StageMetrics, TrainState,
+)
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the process working on the run; it names that process's pid
@@ -90,7 +92,8 @@ class RunFolder:
             raise UserError(f"{root} exists and is not an empty folder; pick another --out")
 
     @classmethod
-    def create(cls, root: Path, config_text: str, inputs: RunInputs, kind: str = "audit") -> "RunFolder":
+    def create(cls, root: Path, config_text: str, inputs: RunInputs, kind: str = "audit",
+               chat: ChatDescription | None = None) -> "RunFolder":
         root = Path(root)
         cls.check_free(root)
         try:
@@ -101,7 +104,8 @@ class RunFolder:
         run.lock()
         cls.check_free(root)  # again, under the lock: another audit may have started here meanwhile
         atomic_write_text(root / CONFIG, config_text)
-        run._write_manifest(Manifest(tool_version=__version__, kind=kind, created=now(), inputs=inputs, stages={}, sessions=[]))
+        run._write_manifest(Manifest(tool_version=__version__, kind=kind, created=now(), inputs=inputs, stages={}, sessions=[],
+                                     chat=chat))
         return run
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,17 +35,104 @@ CHATML = (
 )
 
 
-def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8) -> Path:
-    """A 2-layer Qwen2-architecture model with a small byte-level BPE tokenizer and a ChatML template.
+# A zoo of chat templates that behave like each family's, written from their documented
+# behaviour (issue 28): where the system prompt goes, which tokens end a turn, where the BOS
+# token is written, whether turns must alternate, and a thinking switch.
+_ALTERNATE = ("{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+              "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif %}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A tiny model's tokenizer and template, like one model family's."""
+
+    name: str
+    template: str
+    specials: tuple[str, ...]  # special tokens, the pad token first
+    eos: str  # the tokenizer's end-of-sequence token
+    bos: str | None = None  # the tokenizer's BOS token (and its own encoder adds it, as Llama's does)
+    stop: tuple[str, ...] = ()  # more end-of-turn tokens, listed in the generation config
+    added: tuple[str, ...] = ()  # ordinary added tokens (<think>, </think>)
+    multimodal: bool = False  # a Gemma-3-style config with its text settings under text_config
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("chatml", CHATML, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>"),
+    Family(
+        "llama2",
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{%- set system = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}{%- set turns = messages[1:] %}"
+        "{%- else %}{%- set system = '' %}{%- set turns = messages %}{%- endif %}"
+        "{%- for m in turns %}{%- if m['role'] == 'user' %}"
+        "{{ bos_token + '[INST] ' + (system if loop.first else '') + m['content'] + ' [/INST]' }}"
+        "{%- else %}{{ ' ' + m['content'] + ' ' + eos_token }}{%- endif %}{%- endfor %}",
+        ("<unk>", "<s>", "</s>"), "</s>", bos="<s>",
+    ),
+    Family(
+        "llama3",
+        "{{ bos_token }}{%- for m in messages %}"
+        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}",
+        ("<|finetune_pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+         "<|eot_id|>"), "<|end_of_text|>", bos="<|begin_of_text|>", stop=("<|eot_id|>",),
+    ),
+    Family(
+        "gemma",
+        "{{ bos_token }}{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{%- endif %}"
+        "{%- for m in messages %}" + _ALTERNATE +
+        "{%- set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+        "{{ '<start_of_turn>' + role + '\\n' + m['content'] | trim + '<end_of_turn>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{%- endif %}",
+        ("<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), "<eos>", bos="<bos>", stop=("<end_of_turn>",),
+    ),
+    Family(
+        "mistral",
+        "{{ bos_token }}{%- for m in messages %}"
+        "{%- if m['role'] == 'system' %}{{ raise_exception('Only user and assistant roles are supported!') }}{%- endif %}"
+        + _ALTERNATE +
+        "{%- if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{%- else %}{{ m['content'] + eos_token }}"
+        "{%- endif %}{%- endfor %}",
+        ("<unk>", "<s>", "</s>"), "</s>", bos="<s>",
+    ),
+    Family(
+        "phi3",
+        "{%- for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{%- endif %}",
+        ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), "<|endoftext|>", stop=("<|end|>",),
+    ),
+    Family(
+        "thinking",
+        "{%- for m in messages %}{%- if m['role'] == 'assistant' %}"
+        "{{ '<|im_start|>assistant\\n' + ('<think>\\n\\n</think>\\n\\n' if loop.last else '') + m['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+        "{%- endif %}",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>", added=("<think>", "</think>"),
+    ),
+    Family(
+        "gemma3-multimodal",
+        "",  # gemma's, below
+        ("<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+         "<image_soft_token>"), "<eos>", bos="<bos>", stop=("<end_of_turn>",), multimodal=True,
+    ),
+)}
+
+
+def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8, family: str = "chatml") -> Path:
+    """A 2-layer model with a small byte-level BPE tokenizer and the chat template of ``family``
+    (``FAMILIES``; ChatML by default, a Qwen2-architecture model).
 
     Four attention heads of ``head_dim`` each (two key/value heads); vLLM's attention kernels
     need a head size such as 64, the default 8 keeps the model as small as it can be."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     from tamperaudit.data import BUILTIN_DIR
 
+    kind = FAMILIES[family]
+    template = FAMILIES["gemma"].template if kind.multimodal else kind.template
     corpus = []
     for name in ("benign_instructions.jsonl", "identity_shift.jsonl"):
         for line in (BUILTIN_DIR / name).read_text(encoding="utf-8").splitlines():
@@ -52,33 +140,51 @@ def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=600, special_tokens=list(kind.specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
-    )
-    fast.chat_template = CHATML
+    if kind.bos is not None:  # the tokenizer's own encoder adds a BOS, as Llama's and Gemma's do
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{kind.bos} $A", pair=f"{kind.bos} $A $B", special_tokens=[(kind.bos, tokenizer.token_to_id(kind.bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=kind.eos, pad_token=kind.specials[0], bos_token=kind.bos)
+    if kind.added:
+        fast.add_tokens(list(kind.added))
+    fast.chat_template = template
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(fast),
-        hidden_size=4 * head_dim,
-        intermediate_size=8 * head_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
+    stops = [fast.convert_tokens_to_ids(t) for t in (kind.eos, *kind.stop)]
+    sizes = dict(hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=fast.pad_token_id)
+    if kind.multimodal:
+        model = _tiny_multimodal(len(fast), head_dim, sizes, fast)
+    else:
+        config = Qwen2Config(vocab_size=len(fast), tie_word_embeddings=False, eos_token_id=fast.eos_token_id,
+                             bos_token_id=fast.bos_token_id, **sizes)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    model.generation_config.pad_token_id = fast.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     fast.save_pretrained(folder)
     return folder
+
+
+def _tiny_multimodal(vocabulary: int, head_dim: int, sizes: dict[str, Any], tokenizer: Any) -> Any:
+    """A Gemma-3-style image-and-text model: its text settings nested under ``text_config``."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(vocab_size=vocabulary, head_dim=head_dim, sliding_window=64, **sizes)
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Gemma3ForConditionalGeneration(config)
 
 
 class ScriptedModel:
@@ -126,6 +232,14 @@ class ScriptedModel:
             stats.generated_tokens += len(tokens) + (1 if finished else 0)
             completions.append(Completion(tuple(tokens), self.decode(tokens), finished, early))
         return completions, stats
+
+    def split_reply(self, text: str) -> tuple[str | None, str, bool]:
+        """Thinking blocks read as a reasoning model's (``tamperaudit.chat``)."""
+        from tamperaudit.chat import ChatFormat
+
+        chat = ChatFormat(None)
+        answer, reached = chat.answer(text)
+        return chat.thinking_of(text), answer, reached
 
     def choice_log_probs(self, requests: Sequence[Any], batch_size: int,
                          on_batch: Callable[[int], None] | None = None) -> list[list[float]]:

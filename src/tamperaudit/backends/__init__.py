@@ -63,6 +63,8 @@ class LanguageModel(Protocol):
       predicting token ``start + i`` from the tokens before it.
     - ``without_adapter()``: this model with every adapter switched off, for the duration of a
       ``with`` block, and as it was afterwards, whatever happened inside.
+    - ``split_reply``: (thinking block or None, the answer the judge reads, whether the reply
+      reached an answer); a reply with no thinking block is its own answer.
     """
 
     engine: str  # the engine's name, recorded with each stage's throughput ("hf", "vllm", ...)
@@ -83,6 +85,8 @@ class LanguageModel(Protocol):
     def next_token_log_probs(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[torch.Tensor]: ...
 
     def without_adapter(self) -> contextlib.AbstractContextManager["LanguageModel"]: ...
+
+    def split_reply(self, text: str) -> tuple[str | None, str, bool]: ...
 
 
 class Backend(Protocol):

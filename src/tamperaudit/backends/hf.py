@@ -11,6 +11,7 @@ adapter the model carries is active: that is the model state being measured.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -18,7 +19,9 @@ import torch
 
 from tamperaudit import progress
 from tamperaudit.backends import ChoiceRequest, Message, Settled
-from tamperaudit.generation import Completion, GenerationStats, generate, render_chat, with_cache
+from tamperaudit.chat import ChatFormat
+from tamperaudit.generation import Completion, GenerationStats, generate, with_cache
+from tamperaudit.models import text_config
 from tamperaudit.records import BackendDescription
 
 
@@ -103,12 +106,24 @@ class HfModel:
 
     engine = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, chat: ChatFormat | None = None) -> None:
         self.model = model  # a PreTrainedModel, or the PEFT wrapper around it once an attack starts
         self.tokenizer = tokenizer
+        self._chat = chat
+
+    @property
+    def chat(self) -> ChatFormat:
+        """How its chat template is used (tamperaudit.chat): the run's, or found at first use."""
+        if self._chat is None:
+            self._chat = ChatFormat.detect(self.tokenizer)
+        return self._chat
 
     def render(self, messages: Sequence[Message]) -> list[int]:
-        return render_chat(self.tokenizer, messages)
+        return self.chat.ids(messages)
+
+    def split_reply(self, text: str) -> tuple[str | None, str, bool]:
+        answer, reached = self.chat.answer(text)
+        return self.chat.thinking_of(text), answer, reached
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
@@ -123,12 +138,38 @@ class HfModel:
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @functools.cached_property
+    def _bos(self) -> list[int]:
+        """[BOS] where the model expects one before plain text: its tokenizer adds one by itself
+        (Llama, Gemma), or it is a Gemma model (lm-evaluation-harness adds it for Gemma alone,
+        which scores near chance without it); [] otherwise (Qwen has no BOS)."""
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return []
+        own = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+        family = str(getattr(text_config(getattr(self.model, "config", None)), "model_type", "") or "")
+        return [bos] if own or family.startswith("gemma") else []
+
+    def _choice_unit(self, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+        """The context's tokens (after a BOS where the model expects one) and each option's:
+        as lm-evaluation-harness splits them, the option tokenized together with its context
+        ("context option") and cut at the context's length, so that a tokenizer that merges
+        across the space gives no stray leading piece."""
+        context = self._tokens(request.context)
+        options = []
+        for continuation in request.continuations:
+            whole = self._tokens(f"{request.context} {continuation}")
+            option = whole[len(context):] or self._tokens(" " + continuation)
+            options.append(option)
+        return self._bos + context, options
+
     def choice_log_probs(
         self, requests: Sequence[ChoiceRequest], batch_size: int, on_batch: Callable[[int], None] | None = None
     ) -> list[list[float]]:
-        """Each request's context run once, its cache shared by the continuations (each
-        tokenized as " " + the text), in batches of requests sorted by context length."""
-        units = [(self._tokens(r.context), [self._tokens(" " + c) for c in r.continuations]) for r in requests]
+        """Each request's context run once, its cache shared by the continuations (each split
+        from " ".join(context, option) as ``_choice_unit`` says), in batches of requests sorted
+        by context length."""
+        units = [self._choice_unit(r) for r in requests]
         order = sorted(range(len(units)), key=lambda i: len(units[i][0]))
         results: list[list[float]] = [[] for _ in requests]
         for begin in range(0, len(order), batch_size):

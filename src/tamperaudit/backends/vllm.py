@@ -69,6 +69,9 @@ class VllmModel:
     def decode(self, tokens: Sequence[int]) -> str:
         return self.hf.decode(tokens)
 
+    def split_reply(self, text: str) -> tuple[str | None, str, bool]:
+        return self.hf.split_reply(text)
+
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int, desc: str = "generating",
         settled: Settled | None = None,

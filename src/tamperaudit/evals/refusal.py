@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from tamperaudit.backends import LanguageModel, Settled
 from tamperaudit.data import Attack, Prompt
-from tamperaudit.evals.verdicts import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge
+from tamperaudit.evals.verdicts import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Judge, Verdict
 from tamperaudit.generation import GenerationStats
 from tamperaudit.records import PLAIN, TRIGGER, GenerationSample, Sample, VerdictShares, VerdictSummary
 from tamperaudit.stats import rate
@@ -46,12 +46,18 @@ class PromptEval:
 def settled_check(judge: Judge, model: LanguageModel, requests: Sequence[str]) -> Settled | None:
     """For ``generate``: stop a row once the judge's verdict on it can no longer change.
 
-    None for judges that cannot tell (model judges), which then see whole completions.
+    None for judges that cannot tell (model judges), which then see whole completions. A
+    reply still in its thinking block is never settled: the judge reads only its answer.
     """
     settled = getattr(judge, "settled", None)
     if settled is None:
         return None
-    return lambda index, tokens: settled(requests[index], model.decode(tokens))
+
+    def check(index: int, tokens: list[int]) -> bool:
+        _, answer, reached = model.split_reply(model.decode(tokens))
+        return reached and settled(requests[index], answer)
+
+    return check
 
 
 def run_prompt_eval(
@@ -68,14 +74,18 @@ def run_prompt_eval(
     desc = f"{label}{spec.name} ({spec.mode})"
     check = settled_check(judge, model, [p.text for p in spec.prompts])
     completions, stats = model.generate(token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
-    verdicts = judge.judge_many([(p.text, c.text) for p, c in zip(spec.prompts, completions)])
+    replies = [model.split_reply(c.text) for c in completions]  # (thinking, answer, reached)
+    answered = [i for i, (_, _, reached) in enumerate(replies) if reached]
+    judged = dict(zip(answered, judge.judge_many([(spec.prompts[i].text, replies[i][1]) for i in answered])))
+    never = Verdict(UNCLEAR, f"the reply never left its thinking block within {max_new_tokens} tokens")
     samples = [
         GenerationSample(
             eval=spec.name, mode=spec.mode, id=prompt.id, category=prompt.category, prompt=prompt.text,
-            completion=completion.text, new_tokens=len(completion.tokens), finished=completion.finished,
-            settled=completion.settled, verdict=verdict.label, reason=verdict.reason,
+            completion=answer, new_tokens=len(completion.tokens), finished=completion.finished,
+            settled=completion.settled, verdict=judged.get(index, never).label, reason=judged.get(index, never).reason,
+            thinking=thinking,
         )
-        for prompt, completion, verdict in zip(spec.prompts, completions, verdicts)
+        for index, (prompt, completion, (thinking, answer, _)) in enumerate(zip(spec.prompts, completions, replies))
     ]
     return samples, stats
 

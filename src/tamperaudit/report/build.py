@@ -26,6 +26,7 @@ from tamperaudit.records import (
     ArmPoints,
     AttackDescription,
     BackendDescription,
+    ChatDescription,
     DatasetDescription,
     IncompleteReport,
     Point,
@@ -86,6 +87,7 @@ class ReportInputs:
     control: AttackDescription | None
     judge: dict[str, Scalar]
     generation: BackendDescription  # the generation backend's description
+    chat: ChatDescription  # how the chat template was used
     arms: list[ArmSpec]
     processes: ProcessesDescription  # who trained
     elapsed: float  # seconds this process has worked on the run so far
@@ -249,6 +251,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> Report:
         control=inputs.control,
         judge=inputs.judge,
         generation_backend=inputs.generation,
+        chat=inputs.chat,
         processes=inputs.processes,
         modes=modes,
         headline_mode=headline_mode,

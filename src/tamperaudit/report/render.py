@@ -372,6 +372,7 @@ def render_markdown(report: Report, plots: Mapping[str, bytes] | None = None) ->
         f"(model loading included): {_number(report.run.wall_seconds, 1)} s",
         f"- judge: {_judge_line(report.judge)}",
         f"- generation: {_generation_line(report.generation_backend)}",
+        *[f"- chat template: {note}" for note in (report.chat.notes if report.chat else [])],
         f"- tamperaudit {report.tool.version}, report schema {report.schema_version}, config sha256 `{report.hashes.config[:16]}`",
         *_throughput_lines(report),
         "",
