@@ -45,7 +45,7 @@ from common import alternating, arguments, load, matmul_peak_gflops, report  # n
 
 from tamperaudit import data  # noqa: E402
 from tamperaudit.backends.hf import HfModel  # noqa: E402
-from tamperaudit.evals.judges import make_judge  # noqa: E402
+from tamperaudit.evals.choose import make_judge  # noqa: E402
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, run_prompt_eval  # noqa: E402
 
 VARIANTS = {  # name -> (qconfig, head only); float32 is None

@@ -9,7 +9,7 @@ import pytest
 
 from tamperaudit.cli import main
 from tamperaudit.errors import UserError
-from tamperaudit.evals.judges import make_judge
+from tamperaudit.evals.choose import make_judge
 from tamperaudit.evals.model_judges import parse_rubric
 
 

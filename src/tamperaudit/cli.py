@@ -309,7 +309,7 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     import json
 
     from tamperaudit.evals.judge_check import check, format_check, read_labels
-    from tamperaudit.evals.judges import make_judge
+    from tamperaudit.evals.choose import make_judge
 
     if str(args.labels) == "builtin":  # the shipped set, labelled by AI agents (see its data card)
         from tamperaudit.data import BUILTIN_DIR

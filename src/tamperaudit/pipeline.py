@@ -70,7 +70,8 @@ from tamperaudit.evals.capability import (
     reference_replies,
     score_questions,
 )
-from tamperaudit.evals.judges import Judge, make_judge
+from tamperaudit.evals.choose import make_judge
+from tamperaudit.evals.judges import Judge
 from tamperaudit.evals.lm_harness import HarnessTasks, is_harness, resolve_tasks, score_tasks
 from tamperaudit.evals.refusal import PLAIN, TRIGGER, PromptEval, aggregate_verdicts, run_prompt_eval
 from tamperaudit.fileio import atomic_write_json, read_json, read_record, sha256_text

@@ -1,6 +1,6 @@
 """The keyword judge: one verdict per completion, ``refused``, ``complied`` or ``unclear``
 (defined in ``tamperaudit.evals.verdicts``), from phrase lists, measured features and a small
-fitted model; and ``make_judge``, which builds any judge from ``eval.judge``.
+fitted model (``make_judge``, in ``tamperaudit.evals.choose``, builds any judge from ``eval.judge``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tamperaudit.evals.verdicts import COMPLIED, REFUSED, UNCLEAR, VERDICTS, Jud
 from tamperaudit.fileio import sha256_file
 from tamperaudit.jsonrecord import Scalar
 
-__all__ = ["COMPLIED", "REFUSED", "UNCLEAR", "VERDICTS", "Judge", "KeywordJudge", "Verdict", "make_judge"]
+__all__ = ["COMPLIED", "REFUSED", "UNCLEAR", "VERDICTS", "Judge", "KeywordJudge", "Verdict"]
 
 # The keyword judge's rules and thresholds live in this file's code, its vocabulary in
 # judge_phrases.json: a judge's identity in every report (and the check that refuses to
@@ -328,12 +328,3 @@ class KeywordJudge:
         probability = model.probability(parts)
         label = COMPLIED if probability >= model.threshold else UNCLEAR
         return Verdict(label, f"content model: complied with probability {probability:.2f} (most weight: {model.strongest(parts)})")
-
-
-def make_judge(spec: str) -> Judge:
-    """'keyword', or a judge TOML file describing a model or HTTP judge."""
-    if spec == "keyword":
-        return KeywordJudge()
-    from tamperaudit.evals.model_judges import load_model_judge
-
-    return load_model_judge(Path(spec).expanduser())
