@@ -11,6 +11,13 @@ say) is reported in its row and the other rows still run:
   folder with its own ``TAMPERAUDIT_CACHE``. The row records the exit code, the
   wall seconds, that ``report.json`` says ``complete``, and the attack's training
   rate from the report.
+- **audit spread**: the same audit with ``model.device_map=auto`` and a
+  ``model.max_memory`` that leaves the GPU too little for the whole model, so that
+  accelerate puts its last layers and head on the CPU: a model spread over two
+  devices on a machine with one GPU (on a CPU, nothing to spread: the row checks the
+  path runs). The row records where the weights went.
+- **judge**: the tiny model as a local ``generate`` judge, judging 64 pairs: where
+  its model sits and in which precision (the GPU, bfloat16 or float16, where there is one).
 - **train**: tamperaudit's own trainer (``LoraAttack.train``, LoRA rank 16 on
   every projection) on Llama-shaped models with 7B and 13B shapes, random
   weights created on the device in bfloat16, gradient checkpointing off and on.
@@ -241,8 +248,9 @@ def matmul_peak_tflops(dtype: Any, device: Any, size: int, seconds: float) -> fl
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[str, Any]:
-    """The tiny-model audit through the command line's main(), in a temporary folder and cache."""
+def audit_row(device: Any, dtype_name: str, peak: Callable[[], float], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The tiny-model audit through the command line's main(), in a temporary folder and cache
+    (``extra``: more --set arguments, such as a spread over devices)."""
     from tamperaudit.cli import main
     from tamperaudit.records import IncompleteReport, Report
     from tamperaudit.report.schema import read_report
@@ -255,6 +263,8 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
         argv = [
             "audit", "--model", str(model_dir), "--out", str(out), "--budgets", AUDIT_BUDGETS, "--quiet",
             *TINY_AUDIT_SETTINGS, "--set", f"model.precision={dtype_name}",
+            # the tiny model's head size (8) is one vLLM's kernels cannot run: never start an engine for it
+            "--set", "eval.backend=hf", *extra,
         ]
         # Only this run's settings: no TAMPERAUDIT_* from the environment, its own cache folder.
         saved = {key: value for key, value in os.environ.items() if key.startswith("TAMPERAUDIT_")}
@@ -286,6 +296,7 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
         "audit_gpu": report.hardware.gpu_name,
         "precision": report.model.precision,
         "training_plan": report.model.training_memory.to_json() if report.model.training_memory else None,
+        "devices": report.model.devices,
         "attack_training": train.to_json() if train else {},
     }
     if train and train.seconds:
@@ -293,6 +304,35 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float]) -> dict[s
         row["tflops"] = train.flops / train.seconds / 1e12
         row["mfu"] = row["tflops"] / peak()
     return row
+
+
+# Spread the tiny model over the GPU and the CPU (accelerate's device_map with a GPU budget too
+# small for all of it): a model spread over two devices, on a machine with one GPU.
+SPREAD_GPU_BUDGET = "0=60KiB,cpu=8GiB"
+
+
+def judge_row(device: Any) -> dict[str, Any]:
+    """A local model judge (the tiny model as a 'generate' judge) judging a batch: where its
+    model sits and in which precision (the GPU, in bfloat16 or float16, where there is one)."""
+    from tamperaudit.evals.choose import make_judge
+    from tamperaudit.testing import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="tamperaudit-gpu-check-judge-") as scratch:
+        root = Path(scratch)
+        model_dir = build_tiny_model(root / "judge-model")
+        config = root / "judge.toml"
+        config.write_text(f'kind = "generate"\nname = "tiny"\nmodel = "{model_dir}"\ntemplate = "{{prompt}} {{completion}}"\n'
+                          'max_new_tokens = 4\nbatch_size = 32\n[answers]\nrefused = "."\n', encoding="utf-8")
+        judge = make_judge(str(config))
+        pairs = [(f"request {i}", f"reply {i}") for i in range(64)]
+        started = time.perf_counter()
+        verdicts = judge.judge_many(pairs)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        parameter = next(judge.model.parameters())
+        return {"judged": len(verdicts), "timed_seconds": seconds, "tokens_per_second": len(verdicts) / seconds,
+                "judge_device": str(parameter.device), "judge_dtype": str(parameter.dtype).removeprefix("torch."),
+                "placement": judge.placement}
 
 
 def train_row(
@@ -436,11 +476,14 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                 f"{row['generated_tokens']} tokens generated of {row['expected_tokens']} expected "
                 f"({row['rows_stopped_early']} rows stopped early)"
             )
+        if "judge_device" in row:
+            lines.append(f"- {row['name']}: {row['judged']} verdicts, the judge's model on {row['judge_device']} in "
+                         f"{row['judge_dtype']} ({row['placement']})")
         if "report_status" in row:
             lines.append(
                 f"- {row['name']}: exit code {row['exit_code']}, report.json status {row['report_status']}, "
-                f"on {' '.join(x for x in (row['audit_device'], row['audit_gpu']) if x)} in {row['precision']}; rates are the attack's training "
-                "steps from report.json"
+                f"on {' '.join(x for x in (row['audit_device'], row['audit_gpu']) if x)} in {row['precision']}, weights on "
+                f"{', '.join(row['devices'])}; rates are the attack's training steps from report.json"
             )
     return lines
 
@@ -514,6 +557,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_audit:
         plans.append(("audit", "Qwen2 tiny chat model: h32 i64 L2 V600", f"{dtype_name}, budgets {AUDIT_BUDGETS}, control on",
                       lambda: audit_row(device, dtype_name, peak)))
+        spread = f"model.max_memory={SPREAD_GPU_BUDGET}" if device.type == "cuda" else "model.max_memory=cpu=8GiB"
+        plans.append(("audit spread", "Qwen2 tiny chat model: h32 i64 L2 V600",
+                      f"{dtype_name}, model.device_map=auto, {spread.split('=', 1)[1]}",
+                      lambda: audit_row(device, dtype_name, peak, ("--set", "model.device_map=auto", "--set", spread,
+                                                                     "--no-control"))))
+    plans.append(("judge", "Qwen2 tiny chat model as a generate judge", "64 pairs, batch 32, precision auto",
+                  lambda: judge_row(device)))
     for label in ("7B", "13B"):
         for checkpointing in ("off", "on"):
             plans.append((

@@ -31,16 +31,19 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     assert result["peak_tflops_used"] > 0
     rows = result["rows"]
     names = [row["name"] for row in rows]
-    assert names == ["audit", "train 7B", "train 7B", "train 13B", "train 13B", "generate 7B"]
+    assert names == ["audit", "audit spread", "judge", "train 7B", "train 7B", "train 13B", "train 13B", "generate 7B"]
     for row in rows:
         assert row["status"] == "ok", row
         assert row["tokens_per_second"] > 0, row
-        assert math.isfinite(row["mfu"]) and row["mfu"] > 0, row
+        if row["name"] != "judge":
+            assert math.isfinite(row["mfu"]) and row["mfu"] > 0, row
         assert row["peak_gib"] is None or row["peak_gib"] >= 0, row
-    audit = rows[0]
-    assert audit["exit_code"] == 0 and audit["report_status"] == "complete"
-    assert audit["audit_device"] == "cpu"
-    trains = rows[1:5]
+    for audit in rows[:2]:
+        assert audit["exit_code"] == 0 and audit["report_status"] == "complete"
+        assert audit["audit_device"] == "cpu" and audit["devices"] == ["cpu"]
+    judge = rows[2]
+    assert judge["judged"] == 64 and judge["judge_device"] == "cpu" and judge["judge_dtype"] == "float32"
+    trains = rows[3:7]
     assert [row["plan"]["gradient_checkpointing"] for row in trains] == [False, True, False, True]
     assert [row["checkpointing_in_model"] for row in trains] == [False, True, False, True]
     for row in trains:
@@ -48,6 +51,6 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
         assert row["timed_tokens"] == row["timed_steps"] * result["training"]["sequences"] * result["training"]["length"]
         # same weights, data and seed: checkpointing recomputes, it does not change the losses
         assert row["loss_gap_to_other_checkpointing"] < 1e-4
-    generated = rows[5]
+    generated = rows[7]
     assert generated["generated_tokens"] == generated["expected_tokens"] and generated["rows_stopped_early"] == 0
     assert generated["batch_size"] == EvalSettings().batch_size == generated["prompts"]

@@ -183,10 +183,12 @@ def labelled_loss_sum(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask:
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
+    # A model spread over several GPUs returns the hidden states on its last layer's GPU,
+    # while the labels sit with the inputs on the first (issue 30): select where the states are.
+    targets = labels[:, 1:].to(hidden.device)
     selected = targets != IGNORE
     logits = head(hidden[:, :-1][selected]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[selected], reduction="sum")
+    return torch.nn.functional.cross_entropy(logits, targets[selected].to(logits.device), reduction="sum")
 
 
 def check_batch_split(batch_sizes: Sequence[int], processes: int) -> None:
@@ -295,26 +297,49 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def plan_memory(settings: AttackSettings, config: Any, dtype: torch.dtype, device: torch.device) -> MemoryPlan:
-    """The micro-batch size and whether to checkpoint, from the settings and the free memory."""
-    tokens = settings.micro_batch_tokens or (256 if device.type == "cpu" else 8192)
+def logit_bytes(config: Any, tokens: int, element_bytes: int) -> int:
+    """The vocabulary head's output over ``tokens`` labelled positions: the logits in the model's
+    precision, their float32 copy for the loss and its gradient (for a 128k vocabulary, about
+    15 GB at 8k labelled tokens: issue 30)."""
+    vocabulary = int(getattr(text_config(config), "vocab_size", 0) or 0)
+    return tokens * vocabulary * (element_bytes + 4 + 4)
+
+
+def plan_memory(settings: AttackSettings, config: Any, dtype: torch.dtype, device: torch.device,
+                step_tokens: int | None = None, free: int | None = None) -> MemoryPlan:
+    """The micro-batch size and whether to checkpoint, from the settings, the run's own step
+    sizes and the free memory.
+
+    A pass holds at most ``attack.micro_batch_tokens`` padded tokens (by default 256 on a CPU,
+    8192 on a GPU), and never more than a step holds: ``step_tokens``, the batch's conversations
+    each padded to the longest (identity-shift steps are ~600 tokens; planning 8192 turned
+    checkpointing on for every 7B-13B run on an 80 GB GPU, issue 30). ``free`` is the free memory
+    to plan against (by default this device's; data-parallel runs pass the least over their
+    processes, since the main one also holds the judge, the KL references and any vLLM engine).
+    """
+    cap = settings.micro_batch_tokens or (256 if device.type == "cpu" else 8192)
+    tokens = min(cap, step_tokens) if step_tokens else cap
     element_bytes = torch.finfo(dtype).bits // 8
-    needed = activation_bytes(config, tokens, element_bytes, checkpointing=False)
-    free = free_memory(device)
+    activations = activation_bytes(config, tokens, element_bytes, checkpointing=False)
+    logits = logit_bytes(config, tokens, element_bytes)
+    needed = activations + logits
+    free = free if free is not None else free_memory(device)
     gib = 1024**3
+
     def plan(checkpointing: bool, reason: str) -> MemoryPlan:
         return MemoryPlan(micro_batch_tokens=tokens, gradient_checkpointing=checkpointing, reason=reason,
-                          activation_bytes=needed, free_bytes=free)
+                          activation_bytes=activations, free_bytes=free, logit_bytes=logits, step_tokens=step_tokens)
 
     if settings.gradient_checkpointing == "on":
         return plan(True, "asked for (attack.gradient_checkpointing=on)")
     if settings.gradient_checkpointing == "off":
         return plan(False, "asked for (attack.gradient_checkpointing=off)")
+    pass_words = f"a {tokens}-token pass" + (f" (a step holds at most {step_tokens} tokens)" if step_tokens else "")
+    estimate = f"activations and logits of {pass_words} estimated at {needed / gib:.1f} GiB"
     if free is not None and needed > 0.8 * free:
-        return plan(True, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB, over 80% of "
-                          f"the {free / gib:.1f} GiB free")
+        return plan(True, f"auto: {estimate}, over 80% of the {free / gib:.1f} GiB free")
     room = f"{free / gib:.1f} GiB free" if free is not None else "free memory unknown"
-    return plan(False, f"auto: activations of a {tokens}-token pass estimated at {needed / gib:.1f} GiB ({room})")
+    return plan(False, f"auto: {estimate} ({room})")
 
 
 TRAINING_MEMORY_HINT = (

@@ -53,11 +53,17 @@ class ModelSettings(Record):
         "them) for models one GPU cannot hold, through accelerate's device_map.",
         choices=("", "auto", "balanced"),
     )
+    max_memory: str = _setting(
+        "",
+        "With model.device_map: the most each device may hold, e.g. '0=60GiB,1=75GiB,cpu=200GiB' (GPU "
+        "indices, or cpu), to leave room for activations or to spread a model one GPU could hold; empty: "
+        "accelerate's own limits.",
+    )
     precision: str = _setting(
         "auto",
-        "Compute precision: auto (bfloat16 only where this hardware runs it faster than "
-        "float32, measured at start), float32 or bfloat16.",
-        choices=("auto", "float32", "bfloat16"),
+        "Compute precision: auto (on a GPU: bfloat16 from compute capability 8.0 on, float16 below it; on a CPU: "
+        "bfloat16 only where it runs faster than float32, measured at start), float32, bfloat16 or float16.",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
     threads: int = _setting(0, "CPU threads for PyTorch; 0 keeps PyTorch's choice (one per core).")
 
@@ -232,11 +238,15 @@ class EvalSettings(Record):
     )
     tensor_parallel_size: int = _setting(1, "vLLM only: GPUs the generation engine splits the model over.")
     vllm_memory_fraction: float = _setting(
-        0.4,
+        0.0,
         "vLLM only, on a GPU: share of GPU memory the engine takes for its copy of the weights and its "
-        "KV cache; the rest holds the transformers model used for training, multiple choice and KL.",
+        "KV cache; the rest holds the transformers model used for training, multiple choice and KL. "
+        "0: sized from the memory plan (its weights, a KV cache for eval.batch_size replies, and a margin).",
     )
-    vllm_max_model_len: int = _setting(4096, "vLLM only: longest prompt plus reply in tokens the engine accepts.")
+    vllm_max_model_len: int = _setting(
+        0, "vLLM only: longest prompt plus reply in tokens the engine accepts; 0: the model's own context "
+        "length, at most 4096.",
+    )
     judge: str = _setting(
         "keyword",
         "Refusal judge: 'keyword', or a judge TOML file for a local classifier/guard model or an "
@@ -348,6 +358,22 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         raise UserError(f"{source}: '{name}' must be {_type_name(kind)}, got {value!r}") from None
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(GiB|MiB|KiB|GB|MB|KB)$")
+
+
+def parse_max_memory(text: str) -> dict[int | str, str]:
+    """'0=60GiB,cpu=200GiB' as accelerate's max_memory: {0: '60GiB', 'cpu': '200GiB'}."""
+    limits: dict[int | str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        where, equals, amount = part.partition("=")
+        where, amount = where.strip(), amount.strip()
+        if not equals or not (where.isdigit() or where == "cpu") or not _MEMORY.match(amount):
+            raise UserError(f"'model.max_memory': {part!r} must be DEVICE=AMOUNT, DEVICE a GPU index or cpu, "
+                            "AMOUNT such as 60GiB")
+        limits[int(where) if where.isdigit() else where] = amount.replace(" ", "")
+    return limits
+
+
 def _list_text(text: str) -> list[Any]:
     """A list given as text, in TOML's syntax (``["q_proj", "v_proj"]``, ``[0, 5]``) or as plain
     commas (``q_proj,v_proj``); a value that opens a bracket must close it as TOML does."""
@@ -419,6 +445,10 @@ def _validate(settings: Settings) -> None:
         raise UserError(
             f"'attack.target_modules' must be module names such as q_proj,v_proj (or all-linear), got {odd[0] if odd else 'none'!r}"
         )
+    if settings.model.max_memory:
+        if not settings.model.device_map:
+            raise UserError("'model.max_memory' only applies with model.device_map=auto or balanced; set both or neither")
+        parse_max_memory(settings.model.max_memory)
     budgets = settings.attack.budgets
     if not budgets or any(b < 0 for b in budgets):
         raise UserError("'attack.budgets' must be a non-empty list of steps >= 0, e.g. 0,5,10,20")
@@ -446,8 +476,11 @@ def _validate(settings: Settings) -> None:
         raise UserError(f"'attack.trigger_user_template' must hold {{prompt}} where the request goes, got {template!r}")
     if settings.attack.learning_rate <= 0:
         raise UserError("'attack.learning_rate' must be positive")
-    if not 0 < settings.eval.vllm_memory_fraction < 1 or settings.eval.tensor_parallel_size < 1:
-        raise UserError("'eval.vllm_memory_fraction' must be between 0 and 1 and 'eval.tensor_parallel_size' at least 1")
+    if not 0 <= settings.eval.vllm_memory_fraction < 1 or settings.eval.tensor_parallel_size < 1:
+        raise UserError("'eval.vllm_memory_fraction' must be from 0 (sized from the plan) to below 1 and "
+                        "'eval.tensor_parallel_size' at least 1")
+    if settings.eval.vllm_max_model_len < 0:
+        raise UserError("'eval.vllm_max_model_len' must be 0 (the model's own) or a number of tokens")
     if settings.eval.batch_size < 1 or settings.eval.max_new_tokens < 1 or settings.eval.max_thinking_tokens < 1:
         raise UserError("'eval.batch_size', 'eval.max_new_tokens' and 'eval.max_thinking_tokens' must be at least 1")
 

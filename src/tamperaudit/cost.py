@@ -57,19 +57,20 @@ class GpuPrice:
 # "109-gpu-pricing" and api-evangelist; rechecked against no other source). Prices move:
 # set cost.price_per_hour for the price you pay. Peaks are NVIDIA's dense bf16 figures.
 GPU_PRICES: tuple[GpuPrice, ...] = (
-    GpuPrice(r"H200", "H200 141GB", 4.45, 989.0, "Akash Network H200 SXM5 (a 'starting at' price)",
+    # (?<![A-Z]): "NVIDIA GH200 480GB" and "GB200" are other products (Grace superchips)
+    GpuPrice(r"(?<![A-Z])H200", "H200 141GB", 4.45, 989.0, "Akash Network H200 SXM5 (a 'starting at' price)",
              "https://akash.network/pricing/gpus/", "2026-09-20"),
-    GpuPrice(r"H100.*PCIe", "H100 PCIe 80GB", 2.89, 756.0, "RunPod Secure Cloud H100 PCIe",
+    GpuPrice(r"(?<![A-Z])H100.*PCIe", "H100 PCIe 80GB", 2.89, 756.0, "RunPod Secure Cloud H100 PCIe",
              "https://www.runpod.io/pricing", "2026-11-09"),
-    GpuPrice(r"H100.*NVL", "H100 NVL 94GB", 3.19, 835.0, "RunPod Secure Cloud H100 NVL",
+    GpuPrice(r"(?<![A-Z])H100.*NVL", "H100 NVL 94GB", 3.19, 835.0, "RunPod Secure Cloud H100 NVL",
              "https://www.runpod.io/pricing", "2026-11-09"),
-    GpuPrice(r"H100", "H100 SXM 80GB", 3.99, 989.0, "RunPod Secure Cloud H100 SXM",
+    GpuPrice(r"(?<![A-Z])H100", "H100 SXM 80GB", 3.99, 989.0, "RunPod Secure Cloud H100 SXM",
              "https://www.runpod.io/pricing", "2026-11-09"),
     GpuPrice(r"A100.*80GB", "A100 80GB", 1.79, 312.0, "RunPod Secure Cloud A100 80GB (SXM and PCIe alike)",
              "https://www.runpod.io/pricing", "2026-11-09"),
     GpuPrice(r"A100", "A100 40GB", 1.99, 312.0, "Lambda 8x A100 SXM 40GB, per GPU",
              "https://lambda.ai/instances", "2026-09-20"),
-    GpuPrice(r"B200", "B200 180GB", 6.69, 2250.0, "Lambda 8x B200 SXM6, per GPU",
+    GpuPrice(r"(?<![A-Z])B200", "B200 180GB", 6.69, 2250.0, "Lambda 8x B200 SXM6, per GPU",
              "https://lambda.ai/instances", "2026-09-20"),
     GpuPrice(r"RTX 4090", "RTX 4090 24GB", 0.29, 165.2, "OpenRelay RTX 4090",
              "https://openrelay.inc/gpu-pricing-calculator", "2026-09-20"),

@@ -85,6 +85,13 @@ class Processes:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, reduction="sum").item())
 
+    def smallest(self, value: float) -> float:
+        """The least ``value`` over the processes (free memory, say)."""
+        if self.accelerator is None:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.gather(tensor).min().item())
+
     def agree(self, value: T) -> T:
         """The main process's ``value`` on every process (a run folder's name, say)."""
         if self.accelerator is None:

@@ -489,16 +489,23 @@ class PrecisionChoice:
         return str(self.dtype).removeprefix("torch.")
 
 
+BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bfloat16 units
+
+
 def choose_precision(setting: str, device: torch.device) -> PrecisionChoice:
-    """float32 or bfloat16. 'auto' measures, since CPUs without bf16 units run it ~100x slower."""
-    if setting == "float32":
-        return PrecisionChoice(torch.float32, "asked for", None)
-    if setting == "bfloat16":
-        return PrecisionChoice(torch.bfloat16, "asked for", None)
+    """The compute precision. 'auto' on a GPU reads its compute capability: bfloat16 from 8.0
+    (A100, H100, RTX 30xx) on, float16 below (V100, T4), where ``torch.cuda.is_bf16_supported``
+    still says yes because it counts slow emulation, and vLLM refuses bfloat16 (issue 30).
+    'auto' on a CPU measures, since CPUs without bfloat16 units run it ~100x slower."""
+    named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if setting in named:
+        return PrecisionChoice(named[setting], "asked for", None)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice(torch.bfloat16, "GPU supports bfloat16", None)
-        return PrecisionChoice(torch.float32, "GPU lacks bfloat16", None)
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= BF16_CAPABILITY:
+            return PrecisionChoice(torch.bfloat16, f"GPU compute capability {major}.{minor} has bfloat16 units", None)
+        return PrecisionChoice(torch.float16, f"GPU compute capability {major}.{minor} has no bfloat16 units "
+                                              "(from 8.0 on): float16", None)
     fp32 = _matmul_seconds(torch.float32)
     speedup = fp32 / _matmul_seconds(torch.bfloat16, slow=10 * fp32)
     if speedup >= 1.3:
@@ -623,12 +630,15 @@ def _contiguous_head_input(model: Any) -> None:
     head.register_forward_pre_hook(contiguous)
 
 
-def _placement(device: torch.device, device_map: str, quantized: bool) -> dict[str, Any]:
-    """from_pretrained arguments that place the weights: spread by accelerate, or on one device."""
+def _placement(device: torch.device, device_map: str, quantized: bool, max_memory: str = "") -> dict[str, Any]:
+    """from_pretrained arguments that place the weights: spread by accelerate (within
+    ``max_memory``, if given), or on one device."""
     if device_map:
         if importlib.util.find_spec("accelerate") is None:
             raise UserError(f"model.device_map={device_map} needs accelerate; run: pip install accelerate")
-        return {"device_map": device_map}
+        from tamperaudit.config import parse_max_memory
+
+        return {"device_map": device_map, **({"max_memory": parse_max_memory(max_memory)} if max_memory else {})}
     if quantized:  # bitsandbytes quantizes while placing, so the device is given up front
         return {"device_map": {"": device.index if device.type == "cuda" and device.index is not None else str(device)}}
     return {}
@@ -653,6 +663,7 @@ def load(
     revision: str = "",
     quantization: str = "none",
     device_map: str = "",
+    max_memory: str = "",
 ) -> LoadedModel:
     """Resolve, convert or download if needed, and load a chat model and its tokenizer.
 
@@ -666,7 +677,7 @@ def load(
     device = pick_device()
     choice = choose_precision(precision, device)
     quantization_config = _quantization_config(quantization, choice.dtype)
-    placement = _placement(device, device_map, quantization_config is not None)
+    placement = _placement(device, device_map, quantization_config is not None, max_memory)
     with progress.spinner(f"loading {spec}" + (" in 4 bits (nf4)" if quantization_config is not None else "")):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False)
@@ -678,6 +689,8 @@ def load(
                 quantization_config=quantization_config,
                 **placement,
             )
+            if not placement:  # moving the weights to the GPU is where a model too large for it runs out
+                model.to(device)
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{spec}: cannot load this model ({one_line(error)})") from None
         except (RuntimeError, MemoryError) as error:
@@ -690,8 +703,6 @@ def load(
         tokenizer.pad_token = tokenizer.eos_token
     if quantization_config is not None:
         _one_code_path_for_4bit(model)
-    if not placement:
-        model.to(device)
     _contiguous_head_input(model)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id

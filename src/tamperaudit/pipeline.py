@@ -41,11 +41,12 @@ from tamperaudit.attack import (
     TrainState,
     check_batch_split,
     check_target_modules,
+    free_memory,
     plan_memory,
     tokenize_conversation,
 )
 from tamperaudit.backends import Backend, LanguageModel
-from tamperaudit.backends.choose import choose_backend, make_backend
+from tamperaudit.backends.choose import DEFAULT_MAX_MODEL_LEN, VllmPlan, choose_backend, make_backend, plan_vllm
 from tamperaudit.backends.hf import HfModel
 from tamperaudit.chat import ChatFormat
 from tamperaudit.config import AttackSettings, Settings, from_dict, read_toml, to_toml
@@ -285,9 +286,20 @@ class Context:
         return HfModel(model, self.tokenizer, self.chat)
 
     def memory_plan(self, attack: AttackSettings) -> MemoryPlan:
-        """How training fits in memory, planned once per process (the report records it)."""
+        """How training fits in memory, planned once per process (the report records it): from
+        the longest conversation any arm trains on, and the least free memory of any process
+        (the main one also holds the judge, the KL references and any vLLM engine), so that
+        every process plans alike."""
         if self.plan is None:
-            self.plan = plan_memory(attack, self.loaded.model.config, self.loaded.precision.dtype, self.loaded.device)
+            data = [self.probes.attack, *([self.probes.control] if self.probes.control is not None else [])]
+            longest = max((len(tokenize_conversation(self.chat, c, 10**9).input_ids) for d in data for c in d.data.items),
+                          default=0)
+            per_process = -(-max(attack.batch_size, 1) // self.processes.count)
+            free = free_memory(self.loaded.device)
+            if free is not None and self.processes.distributed:
+                free = int(self.processes.smallest(float(free)))
+            self.plan = plan_memory(attack, self.loaded.model.config, self.loaded.precision.dtype, self.loaded.device,
+                                    step_tokens=per_process * longest or None, free=free)
         return self.plan
 
 
@@ -483,6 +495,7 @@ def stage_arm(ctx: Context, attacker: LoraAttack, arm: Arm, attack: Attack, base
             if state.steps < budget:
                 # One bar per stretch of training, closed before the budget's evals: one bar
                 # open across them counted their minutes as training time and slowed its rate.
+                make_room_for_training(ctx, attacker.plan)
                 with progress.bar(total=budget, initial=state.steps, desc=f"{arm.name} training", unit="step") as bar:
                     attacker.train(examples, state, budget, bar)
                 attacker.save(ctx.run.folder(arm.stage(budget)), state)
@@ -495,6 +508,17 @@ def stage_arm(ctx: Context, attacker: LoraAttack, arm: Arm, attack: Attack, base
     if ctx.run.stage_state(arm.train_stage) != DONE:
         final = read_record(ctx.run.root / arm.stage(budgets[-1]) / TRAIN_FILE, TrainState)
         ctx.run.mark(arm.train_stage, DONE, seconds=final.seconds)  # training seconds to the largest budget
+
+
+def make_room_for_training(ctx: Context, plan: MemoryPlan) -> None:
+    """A local judge model on the GPU is released before training when the training's
+    activations would not fit beside it (it is loaded again for the next budget's verdicts)."""
+    release = getattr(ctx.judge, "release", None)
+    if release is None or ctx.loaded.device.type != "cuda":
+        return
+    free = free_memory(ctx.loaded.device)
+    if free is not None and plan.activation_bytes > 0.8 * free:
+        release()
 
 
 def stage_budget(ctx: Context, attacker: LoraAttack, arm: Arm, budget: int, base: BaseDistributions) -> None:
@@ -761,23 +785,42 @@ def load_model(settings: Settings, precision: str, revision: str) -> models.Load
     if not processes.is_main:
         processes.barrier()
     models.configure_process(model.threads)
-    loaded = models.load(model.name, precision, revision, settings.attack.quantization, model.device_map)
+    loaded = models.load(model.name, precision, revision, settings.attack.quantization, model.device_map, model.max_memory)
     if processes.is_main:
         processes.barrier()
     return loaded
 
 
+def vllm_plan(settings: Settings, loaded: models.LoadedModel) -> VllmPlan | None:
+    """On a GPU: whether a vLLM engine fits beside the loaded model (None on a CPU)."""
+    if loaded.device.type != "cuda":
+        return None
+    import torch
+
+    ev = settings.eval
+    free, total = torch.cuda.mem_get_info(loaded.device)
+    element = torch.finfo(loaded.precision.dtype).bits // 8
+    reply = ev.max_new_tokens + (ev.max_thinking_tokens if ev.thinking == "on" else 0)
+    return plan_vllm(models.text_config(loaded.model.config), loaded.info.weight_bytes, element, ev.batch_size, reply,
+                     int(free), int(total), ev.vllm_max_model_len, ev.vllm_memory_fraction)
+
+
 def generation_backend(settings: Settings, loaded: models.LoadedModel, setting: str, adapter: str | None = None) -> Backend:
-    """The refusal evals' generation engine; a vLLM engine is sized to the largest LoRA rank the run uses."""
-    choice = choose_backend(setting, loaded.device, settings.attack.quantization)
+    """The refusal evals' generation engine; a vLLM engine is sized to the largest LoRA rank the run
+    uses, and its memory share and context length come from the plan unless set."""
+    plan = vllm_plan(settings, loaded) if setting != "hf" else None
+    choice = choose_backend(setting, loaded.device, settings.attack.quantization, plan)
     ranks = [settings.attack.lora_rank, *(settings.search.lora_ranks if settings.search.enabled else [])]
     if adapter is not None and (Path(adapter) / "adapter_config.json").is_file():
         ranks.append(int(read_json(Path(adapter) / "adapter_config.json").get("r", 0)))
     ev = settings.eval
+    context = int(getattr(models.text_config(loaded.model.config), "max_position_embeddings", 0) or DEFAULT_MAX_MODEL_LEN)
     return make_backend(
         choice, folder=loaded.source.folder, dtype=loaded.precision.name, lora_rank=max(ranks),
-        tensor_parallel_size=ev.tensor_parallel_size, max_num_seqs=ev.batch_size, max_model_len=ev.vllm_max_model_len,
-        memory_fraction=ev.vllm_memory_fraction, device_type=loaded.device.type,
+        tensor_parallel_size=ev.tensor_parallel_size, max_num_seqs=ev.batch_size,
+        max_model_len=ev.vllm_max_model_len or min(context, DEFAULT_MAX_MODEL_LEN),
+        memory_fraction=ev.vllm_memory_fraction or (plan.fraction if plan is not None else 0.4),
+        device_type=loaded.device.type, fallback=setting == "auto",
     )
 
 

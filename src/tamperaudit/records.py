@@ -560,6 +560,8 @@ class MemoryPlan(Record):
     reason: str = field("why, in words")
     activation_bytes: int = field("estimated activation bytes of one pass without checkpointing")
     free_bytes: int | None = field("free bytes on the device when planned; null when unknown")
+    logit_bytes: int | None = optional("estimated bytes of the vocabulary head's logits (and their float32 loss) in one pass")
+    step_tokens: int | None = optional("the most tokens one process's share of a step holds: its conversations padded to the longest")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,8 +70,9 @@ def _score_batch(model: Any, contexts: list[list[int]], choices: list[list[list[
             position_ids=choice_positions[:, :-1],
             **with_cache(model, cache),
         ).last_hidden_state
-        targets = choice_ids[:, 1:]
-        valid = choice_mask[:, 1:].bool()
+        # hidden sits on the last layer's device (a spread model's last GPU), the ids on the first
+        targets = choice_ids[:, 1:].to(hidden.device)
+        valid = choice_mask[:, 1:].bool().to(hidden.device)
         log_probs = _head_log_probs(model, hidden[valid])
         picked = log_probs.gather(-1, targets[valid].to(log_probs.device).unsqueeze(-1)).squeeze(-1)
         rows = valid.nonzero()[:, 0].to(log_probs.device)

@@ -28,7 +28,7 @@ import torch
 from tamperaudit import progress
 from tamperaudit.backends import ChoiceRequest, Message, Settled
 from tamperaudit.backends.hf import HfModel
-from tamperaudit.errors import UserError
+from tamperaudit.errors import UserError, one_line
 from tamperaudit.generation import Completion, GenerationStats, cut_at_settled, stop_token_ids
 from tamperaudit.records import BackendDescription
 
@@ -56,12 +56,15 @@ class VllmModel:
     applied (None: unattacked). Choice scoring and next-token log-probabilities need the whole
     vocabulary's log-probabilities, so the transformers model (carrying the same adapter) gives them."""
 
-    engine = "vllm"
-
     def __init__(self, hf: HfModel, backend: "VllmBackend", adapter: Path | None) -> None:
         self.hf = hf
         self.backend = backend
         self.adapter = adapter
+
+    @property
+    def engine(self) -> str:
+        """vllm, or hf once an engine chosen by 'auto' could not start."""
+        return "hf" if self.backend.failed is not None else "vllm"
 
     def render(self, messages: Sequence[Message]) -> list[int]:
         return self.hf.render(messages)
@@ -109,8 +112,11 @@ class VllmBackend:
         max_model_len: int,
         memory_fraction: float,
         device_type: str,
+        fallback: bool = False,
     ) -> None:
         self.reason = reason
+        self.fallback = fallback  # chosen by 'auto': an engine that fails to start gives way to the HF loop
+        self.failed: str | None = None  # why the engine could not start, once it could not
         self.folder = folder
         self.dtype = dtype
         self.lora_rank = engine_lora_rank(lora_rank)
@@ -149,7 +155,15 @@ class VllmBackend:
             options["enforce_eager"] = True  # compiling graphs takes minutes on a CPU and gains little there
         started = time.perf_counter()
         with progress.spinner(f"starting the vLLM engine on {self.folder.name} ({self.dtype})"):
-            self._llm = LLM(**options)
+            try:
+                self._llm = LLM(**options)
+            except Exception as error:  # noqa: BLE001 - vLLM's start fails in many ways (memory, length, kernels)
+                why = one_line(error)
+                if not self.fallback:
+                    raise UserError(f"the vLLM engine could not start ({why}); use eval.backend=hf") from None
+                self.failed = why
+                progress.warn(f"vLLM could not start ({why}); generating with the HF loop instead")
+                return None
         self.engine_seconds = time.perf_counter() - started
         return self._llm
 
@@ -186,6 +200,8 @@ class VllmBackend:
     ) -> tuple[list[Completion], GenerationStats]:
         """Greedy completions of the prompts with ``adapter`` applied (None: the base), cut where
         the HF loop's early stops would have stopped them."""
+        if self.failed is not None or self._engine() is None:  # 'auto' fell back: the HF loop generates
+            return hf.generate(prompts, max_new_tokens, self.max_num_seqs, desc, settled)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -222,6 +238,12 @@ class VllmBackend:
         return completions, stats
 
     def describe(self) -> BackendDescription:
+        if self.failed is not None:
+            return BackendDescription(
+                name="hf", reason=f"{self.reason}; but the vLLM engine could not start ({self.failed}), so the HF loop "
+                "generated", engine="tamperaudit's batched greedy loop on the transformers model",
+                extra_memory="none: the same model serves generation, multiple choice, KL and training",
+            )
         import vllm
 
         weights = _weight_bytes(self.folder)

@@ -10,6 +10,7 @@ A judge is described by a small TOML file (``--set eval.judge=judge.toml``):
     chat = true                  # generate: wrap the template as a user turn of the model's chat template
     max_new_tokens = 8
     batch_size = 8
+    precision = "auto"           # generate/classify: auto (the GPU in bfloat16 or float16, float32 on a CPU), or a dtype
     [answers]                    # generate/http: a regex per verdict, tried in this order
     refused = "^\\s*no"
     complied = "^\\s*yes"
@@ -246,11 +247,31 @@ class JudgeConfig:
         return parse_rubric(answer) if self.raw.get("rubric") == "strongreject" else self.read(answer)
 
 
+def judge_placement(config: JudgeConfig) -> tuple[Any, Any, str]:
+    """(device, dtype, why) for a local judge model: the GPU when there is one, in the precision
+    the audited model would get there (bfloat16 from compute capability 8.0, float16 below), or
+    float32 on a CPU; ``precision`` in the judge's file overrides (issue 30: a llama-guard 8B
+    judge in float32 on the CPU took 32 GB of host memory and hours per budget)."""
+    import torch
+
+    from tamperaudit.models import choose_precision
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    asked = str(config.get("precision", "auto"))
+    if asked not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"{config.path}: 'precision' must be auto, float32, bfloat16 or float16, got {asked!r}")
+    if asked == "auto" and device.type == "cpu":
+        return device, torch.float32, "float32 on the CPU"
+    choice = choose_precision(asked, device)
+    return device, choice.dtype, choice.reason
+
+
 class _ModelJudge:
-    """Shared by local judges: loads the model once, judges in batches."""
+    """Shared by local judges: the model is loaded at the first verdict (so a process that never
+    judges, such as the other ranks of a data-parallel run, never holds it), judges in batches,
+    and can be released between stages to free GPU memory for training (``release``)."""
 
     def __init__(self, config: JudgeConfig, model_class: Any) -> None:
-        import torch
         from transformers import AutoTokenizer
 
         from tamperaudit.models import resolve_source
@@ -259,13 +280,39 @@ class _ModelJudge:
         self.name = config.name
         self.source = resolve_source(str(config.get("model")))
         self.batch_size = int(config.get("batch_size", 8))
+        self.device, self.dtype, self.placement = judge_placement(config)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model_class.from_pretrained(self.source.folder, dtype=torch.float32, use_safetensors=True).eval()
+        self._model_class = model_class
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from tamperaudit import progress
+
+            with progress.spinner(f"loading the judge {self.name} ({self.placement})"):
+                model = self._model_class.from_pretrained(self.source.folder, dtype=self.dtype, use_safetensors=True)
+                self._model = model.to(self.device).eval()
+                self._loaded()
+        return self._model
+
+    def _loaded(self) -> None:
+        """What a judge sets up on its model once loaded."""
+
+    def release(self) -> None:
+        """Free the judge's model (it is loaded again at the next verdict): called before training
+        when both sit on one GPU."""
+        if self._model is not None:
+            import torch
+
+            self._model = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def describe(self) -> dict[str, Scalar]:
-        return {**self.config.describe(), "model_sha256": self.source.sha256}
+        return {**self.config.describe(), "model_sha256": self.source.sha256, "precision": str(self.dtype).removeprefix("torch.")}
 
     def judge(self, prompt: str, completion: str) -> Verdict:
         return self.judge_many([(prompt, completion)])[0]
@@ -303,8 +350,10 @@ class ClassifierJudge(_ModelJudge):
         from transformers import AutoModelForSequenceClassification
 
         super().__init__(config, AutoModelForSequenceClassification)
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.labels: dict[str, str] = dict(config.get("labels"))
+
+    def _loaded(self) -> None:
+        self._model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         import torch
@@ -313,6 +362,7 @@ class ClassifierJudge(_ModelJudge):
         verdicts = []
         for begin in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[begin : begin + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            batch = batch.to(self.device)
             with torch.inference_mode():
                 predicted = self.model(**batch).logits.argmax(-1).tolist()
             for index in predicted:

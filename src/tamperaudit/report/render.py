@@ -230,7 +230,14 @@ def _processes_line(processes: ProcessesDescription) -> str:
 
 def _memory_line(plan: MemoryPlan) -> str:
     checkpointing = "on" if plan.gradient_checkpointing else "off"
-    return f"{plan.micro_batch_tokens} tokens per pass, gradient checkpointing {checkpointing} ({plan.reason})"
+    gib = 1024**3
+    parts = [f"activations {plan.activation_bytes / gib:.2f} GiB"]
+    if plan.logit_bytes is not None:
+        parts.append(f"logits {plan.logit_bytes / gib:.2f} GiB")
+    if plan.free_bytes is not None:
+        parts.append(f"{plan.free_bytes / gib:.1f} GiB free")
+    return (f"{plan.micro_batch_tokens} tokens per pass, gradient checkpointing {checkpointing} ({plan.reason}; "
+            f"planned from {', '.join(parts)})")
 
 
 def _judge_line(judge: dict[str, Scalar]) -> str:
