@@ -116,7 +116,8 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "questions": n, "model": args.model, "precision": loaded.precision.name, "peak_gflops": peaks,
-            "lm_eval": harness, "lm_eval_seconds": harness_seconds, "tamperaudit": ours, "tamperaudit_seconds": own_seconds,
+            "lm_eval": harness.to_json(), "lm_eval_seconds": harness_seconds, "tamperaudit": ours.to_json(),
+            "tamperaudit_seconds": own_seconds,
             "agreement_correct": agree, "agreement_correct_norm": agree_norm, "max_log_likelihood_gap": gap,
         }, indent=2))
     return 0
