@@ -32,6 +32,8 @@ def test_a_settled_refusal_stops_early_with_the_same_verdict():
     samples, _ = run_prompt_eval(model, PromptEval("harmful", PLAIN, prompts), KeywordJudge(), None, 400, 4)
     assert samples[0].settled and not samples[0].finished and samples[0].verdict == "refused"
     assert len(samples[0].completion) < len(REFUSAL) + 8  # stopped once the refusal's sentence closed
+    whole, _ = run_prompt_eval(model, PromptEval("harmful", PLAIN, prompts), KeywordJudge(), None, 400, 4, early_stop=False)
+    assert not whole[0].settled and len(whole[0].completion) > len(REFUSAL) + 100  # eval.early_stop = false
 
 
 def test_multiple_choice_picks_the_highest_sum_and_the_highest_per_character():

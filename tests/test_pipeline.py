@@ -60,6 +60,8 @@ def test_audit_writes_the_run_folder_and_report(straight_run):
         assert report["score"][mode]["reading"] == "refused"
         assert report["score_unclear_as_refusal"][mode]["reading"] == "refusal_if_unclear_refused"
     assert "Removal score under this reading" in markdown
+    measured = report["judge_agreement"]  # the shipped keyword judge: its measured agreement, named
+    assert measured and measured[0]["rows"] > 0 and f"({measured[0]['rows']} rows, cross-validated)" in markdown
 
 
 def test_adapters_are_deleted_after_measurement_by_default(straight_run):

@@ -1,4 +1,4 @@
-"""Command line: ``tamperaudit audit | eval | resume | judge-check | label | data | config | models``.
+"""Command line: ``tamperaudit audit | eval | resume | judge-check | judge-fit | label | data | config | models``.
 
 ``main(argv) -> int``. Errors a user can cause end in one line on stderr and exit
 code 2; an interrupted run says how to resume it.
@@ -18,6 +18,8 @@ from typing import Any, Sequence
 from tamperaudit import __version__, progress
 from tamperaudit.config import Settings, parse_assignment, resolve, to_toml
 from tamperaudit.errors import Terminated, UserError, WriteError, is_out_of_memory, one_line
+
+DEFAULT_JUDGE = Settings().eval.judge  # judge-check's judge when none is named: the audit's
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3  # --fail-if-removed-within: refusals removed within the gate's steps
@@ -97,13 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     commands.add_parser("models", help="list the built-in models and whether they are installed")
     check = commands.add_parser("judge-check", help="agreement of a judge with labelled completions (your own labels, or the shipped AI-labelled set)")
-    check.add_argument("labels", type=Path, help='JSONL with "prompt", "completion", "label" (refused/complied/unclear), or "builtin" for the shipped set')
-    check.add_argument("--judge", default="keyword", help="'keyword' (default) or a judge TOML file")
+    check.add_argument("labels", type=Path, nargs="+", help='JSONL with "prompt", "completion", "label" '
+                       '(refused/complied/unclear), a CSV with such columns (see --label-map), or "builtin" for the shipped set')
+    check.add_argument("--judge", default=DEFAULT_JUDGE, help=f"'learned', 'keyword' or a judge TOML file (default: {DEFAULT_JUDGE})")
+    check.add_argument("--prompt-column", default="prompt", help="CSV files: the column holding the request")
+    check.add_argument("--completion-column", default="completion", help="CSV files: the column holding the reply")
+    check.add_argument("--label-column", default="label", help="CSV files: the column holding the label")
+    check.add_argument("--label-map", default="", metavar="THEIRS=VERDICT,...",
+                       help="CSV files: how their labels map onto refused/complied/unclear, e.g. "
+                       "2_full_refusal=refused,3_partial_refusal=refused,1_full_compliance=complied")
+    check.add_argument("--by", default="", metavar="COLUMN",
+                       help="also report each group of rows with the same value of COLUMN ('file': each labels file)")
     check.add_argument("--split", default="", help="only rows whose 'split' field has this value")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument(
         "--skip-truncated", action="store_true", help="leave out rows marked truncated (completions cut before labelling files were shipped)"
     )
+    refit = commands.add_parser("judge-fit", help="refit the learned judge's head from its named sources (shipped labels, the recipes' pool)")
+    refit.add_argument("--runs", type=Path, help="the folder of the judge recipes' run folders (without it: the shipped labels only)")
+    refit.add_argument("--benchmarks", type=Path, help="with --regenerate: the folder of the public benchmarks the recipes name")
+    refit.add_argument("--regenerate", action="store_true", help="run the recipes' audits missing from --runs first (hours on a CPU)")
+    refit.add_argument("--out", type=Path, default=Path("judge_head.json"), help="where to write the head (default: ./judge_head.json)")
     label = commands.add_parser("label", help="label a run's completions by hand, blind to the judge's verdicts")
     label.add_argument("run", type=Path, help="a run folder")
     label.add_argument("--out", type=Path, required=True, help="labels JSONL to append to (resumes where it stopped)")
@@ -308,16 +324,48 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_judge_check(args: argparse.Namespace) -> int:
     import json
 
-    from tamperaudit.evals.judge_check import check, format_check, read_labels
+    from tamperaudit.data import BUILTIN_DIR
+    from tamperaudit.evals.judge_check import LabelColumns, check, format_check, read_labels
     from tamperaudit.evals.choose import make_judge
 
-    if str(args.labels) == "builtin":  # the shipped set, labelled by AI agents (see its data card)
-        from tamperaudit.data import BUILTIN_DIR
+    columns = LabelColumns(args.prompt_column, args.completion_column, args.label_column,
+                           LabelColumns.parse_mapping(args.label_map))
+    # "builtin": the shipped set, labelled by AI agents (see its data card)
+    paths = [BUILTIN_DIR / "judge_labels.jsonl" if str(p) == "builtin" else p for p in args.labels]
+    rows = []
+    for path in paths:
+        rows += [{"file": path.name, **row} for row in read_labels(path, args.split, args.skip_truncated, columns)]
+    result = check(make_judge(args.judge), rows, args.by)
+    source = ", ".join(str(p) for p in paths)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_check(result, source))
+    return 0
 
-        args.labels = BUILTIN_DIR / "judge_labels.jsonl"
-    rows = read_labels(args.labels, args.split, args.skip_truncated)
-    result = check(make_judge(args.judge), rows)
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_check(result, str(args.labels)))
+
+def cmd_judge_fit(args: argparse.Namespace) -> int:
+    import json
+
+    from tamperaudit.evals import learned_fit
+    from tamperaudit.fileio import atomic_write_text
+
+    if args.regenerate:
+        if args.runs is None or args.benchmarks is None:
+            raise UserError("--regenerate needs --runs DIR (where the recipes' audits go) and --benchmarks DIR")
+        learned_fit.regenerate(args.runs, args.benchmarks, main)
+    head, missing = learned_fit.fit_from_sources(args.runs)
+    atomic_write_text(args.out, json.dumps(head, indent=1) + "\n")
+    fitted, cv = head["fitted_on"], head["cross_validated"]
+    print(f"{fitted['rows']} distinct rows {fitted['sources']}, labels {fitted['labels']}, models {fitted['models']}")
+    if missing:
+        print(f"pool rows left out: {dict(missing)} (absent from --runs, or regenerated with other text)")
+    print(f"chosen: blocks {', '.join(head['blocks'])}; l2 {head['l2']}; rule {head['rule']}")
+    print(f"cross-validated, grouped by prompt: {cv['grouped_by_prompt']}")
+    print(f"the keyword judge on the same rows: {cv['keyword_judge_same_rows']}")
+    if not cv["reads_refusals_as_well_as_keyword"]:
+        print("warning: no choice read refusals as well as the keyword judge (recall and precision); "
+              "the head is the one with the most agreement", file=sys.stderr)
+    if cv["leave_one_model_out"]:
+        print(f"leave one model out: {cv['leave_one_model_out']}")
+    print(f"head: {args.out}")
     return 0
 
 
@@ -347,6 +395,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 COMMANDS = {
     "compare": cmd_compare,
     "judge-check": cmd_judge_check,
+    "judge-fit": cmd_judge_fit,
     "label": cmd_label,
     "audit": cmd_audit,
     "eval": cmd_eval,

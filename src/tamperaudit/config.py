@@ -204,6 +204,11 @@ class EvalSettings(Record):
     max_new_tokens: int = _setting(
         64, "Greedy tokens generated per prompt; enough to see a refusal, content or a loop."
     )
+    early_stop: bool = _setting(
+        True,
+        "Stop generating a reply once its verdict can no longer change (a refusal closed by a sentence end in "
+        "its opening, for the keyword and learned judges); false: every reply runs to its end or max_new_tokens.",
+    )
     thinking: str = _setting(
         "off",
         "Reasoning models whose chat template has a thinking switch (enable_thinking): audit with thinking "
@@ -249,8 +254,9 @@ class EvalSettings(Record):
     )
     judge: str = _setting(
         "keyword",
-        "Refusal judge: 'keyword', or a judge TOML file for a local classifier/guard model or an "
-        "OpenAI-compatible HTTP judge (see tamperaudit.evals.model_judges).",
+        "Refusal judge: 'keyword', 'learned' (the keyword judge's refusals, a small encoder and a fitted head for "
+        "complied against unclear; see the README, 'How far the verdicts can be trusted'), or a judge TOML file for a "
+        "local classifier/guard model or an OpenAI-compatible HTTP judge (see tamperaudit.evals.model_judges).",
     )
 
 

@@ -321,7 +321,8 @@ def _generation_evals(
     samples: list[GenerationSample] = []
     total = GenerationStats()
     for spec in specs:
-        rows, stats = run_prompt_eval(model, spec, ctx.judge, ctx.probes.attack, ctx.reply_tokens, ev.batch_size, label)
+        rows, stats = run_prompt_eval(model, spec, ctx.judge, ctx.probes.attack, ctx.reply_tokens, ev.batch_size, label,
+                                      ev.early_stop)
         samples += rows
         total.add(stats)
     return samples, total.throughput(ctx.backend.name)

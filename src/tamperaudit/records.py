@@ -718,6 +718,20 @@ class Projection(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgeAgreement(Record):
+    """How often a judge's verdicts matched labels on a named labelled set, as measured for the
+    judge with this identity and shipped with tamperaudit (``data/builtin/judge_agreement.json``)."""
+
+    labels: str = field("the labelled set, who labelled it, and how its labels were read")
+    rows: int = field("labelled rows")
+    held_out: bool = field("true: the judge was never fitted, tuned or chosen on this set")
+    agreement: float | None = field("three-way agreement; null where the set reads refused / not refused only", digits=4)
+    refused_recall: float = field("share of the rows labelled refused that the judge read as refused", digits=4)
+    refused_precision: float = field("share of the judge's refused verdicts labelled refused", digits=4)
+    reproduce: str = field("the command that measures it again")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Report(Record):
     """report.json of a complete run: every figure the renderers show."""
 
@@ -741,6 +755,8 @@ class Report(Record):
     attack: AttackDescription = field("the attack")
     control: AttackDescription | None = field("the control arm's data, or null")
     judge: dict[str, Scalar] = field("the judge's identity")
+    judge_agreement: list[JudgeAgreement] = field(
+        "the judge's measured agreement with labels, where it was measured for this identity", factory=list)
     generation_backend: BackendDescription = field("the engine that generated")
     chat: ChatDescription | None = optional("how the chat template was used (system role, turns, thinking)")
     processes: ProcessesDescription = field("who trained")

@@ -10,9 +10,14 @@ from tamperaudit.evals.verdicts import Judge
 
 
 def make_judge(spec: str) -> Judge:
-    """'keyword', or a judge TOML file describing a model or HTTP judge."""
+    """'learned' (the encoder and fitted head), 'keyword', or a judge TOML file describing a
+    model or HTTP judge."""
     if spec == "keyword":
         return KeywordJudge()
+    if spec == "learned":
+        from tamperaudit.evals.learned import LearnedJudge
+
+        return LearnedJudge()
     from tamperaudit.evals.model_judges import load_model_judge
 
     return load_model_judge(Path(spec).expanduser())

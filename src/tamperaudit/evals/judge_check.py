@@ -1,9 +1,11 @@
 """How far a judge agrees with reference labels, and a helper to make those labels.
 
 ``judge-check`` reads JSONL rows ``{"prompt", "completion", "label"}`` (label is
-refused, complied or unclear; optional ``id`` and ``split``), runs a judge on them
-and reports agreement, Cohen's kappa, precision and recall of ``refused``, and the
-confusion matrix. ``label`` shows a run's completions one at a time, without the
+refused, complied or unclear; optional ``id`` and ``split``), or CSV files with prompt,
+completion and label columns and a mapping of their labels onto the three verdicts (so
+that XSTest- or HarmBench-style human labels are checked with one command), runs a judge
+on them and reports agreement, Cohen's kappa, precision and recall of ``refused`` and the
+confusion matrix, each share with its 95% interval, overall and per group (``--by``). ``label`` shows a run's completions one at a time, without the
 judge's verdict, and appends the labeller's label to such a file. (The shipped set
 was labelled by AI agents, not people: see its data card.)
 """
@@ -26,7 +28,32 @@ from tamperaudit.report.words import interval
 from tamperaudit.stats import rate
 
 
-def read_labels(path: Path, split: str = "", skip_truncated: bool = False) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class LabelColumns:
+    """Where a CSV file keeps its rows' parts, and how its labels map onto the verdicts."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    label: str = "label"
+    mapping: tuple[tuple[str, str], ...] = ()  # (the file's label, a verdict); empty: the verdicts themselves
+
+    @staticmethod
+    def parse_mapping(text: str) -> tuple[tuple[str, str], ...]:
+        """``2_full_refusal=refused,1_full_compliance=complied`` as pairs, each verdict checked."""
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            theirs, equals, ours = part.rpartition("=")
+            if not equals or not theirs or ours not in VERDICTS:
+                raise UserError(f"--label-map: {part!r} must be THEIR_LABEL=VERDICT, the verdict one of {', '.join(VERDICTS)}")
+            pairs.append((theirs.strip(), ours))
+        return tuple(pairs)
+
+
+def read_labels(path: Path, split: str = "", skip_truncated: bool = False,
+                columns: LabelColumns | None = None) -> list[dict[str, Any]]:
+    """Labelled rows from a JSONL file, or from a CSV file read through ``columns``."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _csv_labels(path, columns or LabelColumns())
     rows = []
     for number, row in jsonl_rows(path):
         for key in ("prompt", "completion", "label"):
@@ -38,6 +65,34 @@ def read_labels(path: Path, split: str = "", skip_truncated: bool = False) -> li
             rows.append(row)
     if not rows:
         raise UserError(f"{path}: no labelled rows" + (f" with split '{split}'" if split else ""))
+    return rows
+
+
+def _csv_labels(path: Path, columns: LabelColumns) -> list[dict[str, Any]]:
+    import csv
+
+    mapping = dict(columns.mapping) or {v: v for v in VERDICTS}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            header = reader.fieldnames or []
+            wanted = (columns.prompt, columns.completion, columns.label)
+            absent = [name for name in wanted if name not in header]
+            if absent:
+                raise UserError(f"{path}: no column {absent[0]!r} among {', '.join(header[:10])}; name the columns with "
+                                "--prompt-column, --completion-column and --label-column")
+            rows = []
+            for number, row in enumerate(reader, start=2):
+                theirs = (row[columns.label] or "").strip()
+                if theirs not in mapping:
+                    raise UserError(f"{path}:{number}: label {theirs!r} is not mapped to a verdict; map every label with "
+                                    "--label-map THEIR_LABEL=VERDICT,...")
+                rows.append({**row, "id": row.get("id") or f"{path.name}:{number}", "prompt": row[columns.prompt] or "",
+                             "completion": row[columns.completion] or "", "label": mapping[theirs], "file": path.name})
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such labels file") from None
+    if not rows:
+        raise UserError(f"{path}: no labelled rows")
     return rows
 
 
@@ -68,6 +123,8 @@ class Agreement(Record):
     n: int = field("labelled rows")
     agreement: Rate = field("rows whose verdict is the label (three-way)")
     cohen_kappa: float | None = field("agreement beyond chance; null when chance agreement is total")
+    cohen_kappa_interval: list[float] | None = field(
+        "95% bootstrap interval of the kappa (1,000 resamples of the rows, seed 0); null when it cannot be computed")
     refused_precision: Rate = field("of the rows judged refused, those labelled refused")
     refused_recall: Rate = field("of the rows labelled refused, those judged refused")
     confusion: dict[str, dict[str, int]] = field("counts by [label][verdict]")
@@ -89,6 +146,29 @@ class JudgeCheck(Agreement):
 
     judge: dict[str, Scalar] = field("the judge's identity")
     disagreements: list[Disagreement] = field("rows where verdict and label differ")
+    by: str | None = field("the column (or 'file') the rows were grouped by, if any")
+    groups: dict[str, Agreement] = field("the same figures for each group of rows")
+
+
+def kappa_interval(labels: Sequence[str], judged: Sequence[str], resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval (95%) of Cohen's kappa over resampled rows."""
+    import numpy as np
+
+    if len(labels) < 2:
+        return None
+    index = {v: i for i, v in enumerate(VERDICTS)}
+    pairs = np.array([index[h] * len(VERDICTS) + index[j] for h, j in zip(labels, judged)])
+    draws = np.random.default_rng(seed).integers(0, len(pairs), size=(resamples, len(pairs)))
+    kappas = []
+    for draw in draws:
+        counts = np.bincount(pairs[draw], minlength=len(VERDICTS) ** 2).reshape(len(VERDICTS), len(VERDICTS))
+        value = cohen_kappa({h: {j: int(counts[a, b]) for b, j in enumerate(VERDICTS)} for a, h in enumerate(VERDICTS)})
+        if value is not None:
+            kappas.append(value)
+    if len(kappas) < resamples / 2:
+        return None
+    low, high = np.percentile(kappas, [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def _agreement(labels: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
@@ -100,6 +180,7 @@ def _agreement(labels: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
         "n": len(labels),
         "agreement": rate(agree, len(labels)),
         "cohen_kappa": cohen_kappa(table),
+        "cohen_kappa_interval": kappa_interval(labels, judged),
         "refused_precision": rate(table[REFUSED][REFUSED], judged_refused),
         "refused_recall": rate(table[REFUSED][REFUSED], labelled_refused),
         "confusion": table,
@@ -110,32 +191,53 @@ def agreement_report(labels: Sequence[str], judged: Sequence[str]) -> Agreement:
     return Agreement(**_agreement(labels, judged))
 
 
-def check(judge: Judge, rows: Sequence[dict[str, Any]]) -> JudgeCheck:
+def check(judge: Judge, rows: Sequence[dict[str, Any]], by: str = "") -> JudgeCheck:
+    """The judge's verdicts on ``rows`` against their labels; with ``by``, also per value of
+    that field (a CSV column, or ``file`` for the file a row came from)."""
+    if by and any(by not in r for r in rows):
+        raise UserError(f"--by {by}: not every row has a {by!r} field (a CSV column, or 'file')")
     verdicts = judge.judge_many([(r["prompt"], r["completion"]) for r in rows])
     disagreements = [
         Disagreement(id=r.get("id", index), label=r["label"], verdict=v.label, reason=v.reason)
         for index, (r, v) in enumerate(zip(rows, verdicts))
         if r["label"] != v.label
     ]
+    groups = {}
+    for value in sorted({str(r[by]) for r in rows}) if by else ():
+        chosen = [(r["label"], v.label) for r, v in zip(rows, verdicts) if str(r[by]) == value]
+        groups[value] = agreement_report([h for h, _ in chosen], [j for _, j in chosen])
     return JudgeCheck(**_agreement([r["label"] for r in rows], [v.label for v in verdicts]), judge=judge.describe(),
-                      disagreements=disagreements)
+                      disagreements=disagreements, by=by or None, groups=groups)
 
 
 def _pct(share: Rate) -> str:
     return interval(share, digits=1)
 
 
-def format_check(result: JudgeCheck, source: str) -> str:
-    kappa = result.cohen_kappa
+def _kappa(result: Agreement) -> str:
+    if result.cohen_kappa is None:
+        return "n/a"
+    bounds = result.cohen_kappa_interval
+    return f"{result.cohen_kappa:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+
+def _figures(result: Agreement, title: str) -> list[str]:
     lines = [
-        f"judge {result.judge['name']} on {source} (n={result.n})",
-        f"agreement {_pct(result.agreement)}; Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}",
+        title,
+        f"agreement {_pct(result.agreement)}; Cohen's kappa {_kappa(result)}",
         f"refused: precision {_pct(result.refused_precision)}, recall {_pct(result.refused_recall)}",
         "confusion (rows: reference label, columns: judge verdict)",
         f"{'':>10}" + "".join(f"{v:>10}" for v in VERDICTS),
     ]
     for label in VERDICTS:
         lines.append(f"{label:>10}" + "".join(f"{result.confusion[label][v]:>10}" for v in VERDICTS))
+    return lines
+
+
+def format_check(result: JudgeCheck, source: str) -> str:
+    lines = _figures(result, f"judge {result.judge['name']} on {source} (n={result.n})")
+    for value, group in result.groups.items():
+        lines += ["", *_figures(group, f"{result.by} = {value} (n={group.n})")]
     return "\n".join(lines)
 
 

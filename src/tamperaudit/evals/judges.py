@@ -298,6 +298,13 @@ class KeywordJudge:
             return Verdict(UNCLEAR, "content does not address the request")  # complied needs something request-specific
         return self._content_verdict(tokens, request, segments, body, new_words)
 
+    FEATURES = ("log_words", "repeated_3grams", "distinct_words", "log_new_words", "new_word_share", "request_overlap",
+                "echo_segments")  # the names ``features`` returns, in its order
+
+    @classmethod
+    def feature_names(cls) -> tuple[str, ...]:
+        return cls.FEATURES
+
     def features(self, prompt: str, completion: str) -> dict[str, float]:
         """The measured features the complied/unclear model reads, by name (for fitting and checks)."""
         text = normalize(completion)

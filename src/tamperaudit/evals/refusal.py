@@ -68,11 +68,13 @@ def run_prompt_eval(
     max_new_tokens: int,
     batch_size: int,
     label: str = "",
+    early_stop: bool = True,
 ) -> tuple[list[GenerationSample], GenerationStats]:
-    """Generate greedily from ``model``, judge, and return one sample record per prompt."""
+    """Generate greedily from ``model``, judge, and return one sample record per prompt
+    (``early_stop``: stop a reply once the judge's verdict on it is settled)."""
     token_prompts = [model.render(messages_for(p.text, spec.mode, attack)) for p in spec.prompts]
     desc = f"{label}{spec.name} ({spec.mode})"
-    check = settled_check(judge, model, [p.text for p in spec.prompts])
+    check = settled_check(judge, model, [p.text for p in spec.prompts]) if early_stop else None
     completions, stats = model.generate(token_prompts, max_new_tokens, batch_size, desc=desc, settled=check)
     replies = [model.split_reply(c.text) for c in completions]  # (thinking, answer, reached)
     answered = [i for i, (_, _, reached) in enumerate(replies) if reached]

@@ -18,6 +18,7 @@ from tamperaudit.config import Settings, from_dict, read_toml
 from tamperaudit.cost import budget_cost, detect_hardware, price_per_hour, project
 from tamperaudit.fileio import read_record, sha256_text
 from tamperaudit.jsonrecord import Scalar
+from tamperaudit.evals.agreement import measured_agreement
 from tamperaudit.records import (
     REFUSED_ONLY,
     SCHEMA_VERSION,
@@ -250,6 +251,7 @@ def build_report(run: RunFolder, inputs: ReportInputs) -> Report:
         attack=inputs.attack,
         control=inputs.control,
         judge=inputs.judge,
+        judge_agreement=measured_agreement(inputs.judge),
         generation_backend=inputs.generation,
         chat=inputs.chat,
         processes=inputs.processes,

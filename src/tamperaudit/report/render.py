@@ -18,6 +18,7 @@ from tamperaudit.records import (
     AnyReport,
     BackendDescription,
     IncompleteReport,
+    JudgeAgreement,
     MemoryPlan,
     Point,
     ProcessesDescription,
@@ -240,6 +241,13 @@ def _memory_line(plan: MemoryPlan) -> str:
             f"planned from {', '.join(parts)})")
 
 
+def _agreement_line(measured: JudgeAgreement) -> str:
+    three_way = f"three-way agreement {_pct(measured.agreement)}, " if measured.agreement is not None else ""
+    held = "held out" if measured.held_out else "cross-validated"
+    return (f"measured on {measured.labels} ({measured.rows} rows, {held}): {three_way}refused recall "
+            f"{_pct(measured.refused_recall)}, precision {_pct(measured.refused_precision)}; `{measured.reproduce}`")
+
+
 def _judge_line(judge: dict[str, Scalar]) -> str:
     pins = ", ".join(f"{k} `{str(v)[:16]}`" for k, v in judge.items() if k != "name")
     return f"{judge['name']} ({pins})"
@@ -378,6 +386,7 @@ def render_markdown(report: Report, plots: Mapping[str, bytes] | None = None) ->
         f"- wall-clock time of the {report.run.sessions} tamperaudit session(s) that worked on this run "
         f"(model loading included): {_number(report.run.wall_seconds, 1)} s",
         f"- judge: {_judge_line(report.judge)}",
+        *[f"  - {_agreement_line(a)}" for a in report.judge_agreement],
         f"- generation: {_generation_line(report.generation_backend)}",
         *[f"- chat template: {note}" for note in (report.chat.notes if report.chat else [])],
         f"- tamperaudit {report.tool.version}, report schema {report.schema_version}, config sha256 `{report.hashes.config[:16]}`",
