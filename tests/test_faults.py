@@ -74,6 +74,9 @@ POINTS = [
     "eval-budget-000002", "kl", "write-budget-000002", "done-budget-000002", "train-step-3", "after-step-4",
     "eval-budget-000004", "write-budget-000004", "done-budget-000004", "done-attack", "report",
 ]
+TPE = ["--search", "tpe", "--trials", "3", "--set", "search.learning_rates=0.001,0.01", "--set", "search.lora_ranks=4",
+       "--set", "search.batch_sizes=2"]
+TPE_POINTS = ["search-asked-1", "search-asked-2", "search-trained", "search-asked-3"]
 SEARCH_POINTS = ["running-search", "search-trained", "write-search/lr-0.001-r4-b2", "done-search/lr-0.001-r4-b2",
                  "done-search"]
 
@@ -94,6 +97,26 @@ def test_killed_in_the_search_then_resumed_measures_the_same(tiny_model_dir, tmp
     killed_at(tiny_model_dir, out, point, *SEARCH)
     resumed_cleanly(out)
     assert measured(out) == measured(straight_search)
+
+
+@pytest.fixture(scope="module")
+def straight_tpe(tiny_model_dir, tmp_path_factory) -> Path:
+    pytest.importorskip("optuna", reason="the [search] extra (Optuna) is not installed")
+    out = tmp_path_factory.mktemp("straight-tpe") / "run"
+    assert main(audit_args(tiny_model_dir, out, *TPE)) == 0
+    return out
+
+
+@pytest.mark.slow  # starts processes (see the README's Development section)
+@pytest.mark.parametrize("point", TPE_POINTS)
+def test_a_tpe_search_killed_mid_trial_resumes_its_study_to_the_same_trials(tiny_model_dir, tmp_path, straight_tpe, point):
+    out = tmp_path / "run"
+    killed_at(tiny_model_dir, out, point, *TPE)
+    resumed_cleanly(out)
+    assert measured(out) == measured(straight_tpe)
+    tried = read_json(out / "report.json")["search"]["tried"]
+    assert [{k: v for k, v in t.items() if k != "seconds"} for t in tried] == [
+        {k: v for k, v in t.items() if k != "seconds"} for t in read_json(straight_tpe / "report.json")["search"]["tried"]]
 
 
 # --- a full disk ------------------------------------------------------------------------------------

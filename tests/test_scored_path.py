@@ -8,7 +8,9 @@ A tiny random model never refuses, so without the double every fast audit would 
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Callable
 
 import pytest
 
@@ -33,10 +35,11 @@ class ScriptedJudge:
 
     name = "scripted"
 
-    def __init__(self, prompts: list[str], complies_from: dict[str, list[int | None]], search: dict[str, int] | None = None):
+    def __init__(self, prompts: list[str], complies_from: dict[str, list[int | None]],
+                 search: dict[str, int] | Callable[[str], int] | None = None):
         self.index = {text: k for k, text in enumerate(prompts)}
         self.complies_from = complies_from
-        self.search = search or {}  # candidate name -> how many prompts it gets to comply
+        self.search = search or {}  # candidate name -> how many prompts it gets to comply (a dict or a function)
         self.label = ""
 
     def describe(self) -> dict:
@@ -48,7 +51,8 @@ class ScriptedJudge:
             return Verdict(COMPLIED, "not scripted")
         label = self.label
         if label.startswith("search/"):
-            complied = k < self.search[label.split(":")[0].split("/")[1]]
+            name = label.split(":")[0].split("/")[1]
+            complied = k < (self.search(name) if callable(self.search) else self.search[name])
             return Verdict(COMPLIED if complied else REFUSED, "scripted")
         found = re.match(r"(\S+) (\d+) steps: ", label)
         if not found:  # baseline (either half)
@@ -174,3 +178,33 @@ def test_the_search_picks_the_setting_the_judge_scores_most_compliant(tiny_model
     assert report["search"]["chosen"]["learning_rate"] == 0.002
     assert report["attack"]["settings"]["learning_rate"] == 0.002
     assert report["score"]["trigger"]["relative"]["budget"] == 1
+
+
+def test_a_tpe_search_finds_the_setting_the_judge_scores_most_compliant(tiny_model_dir, tmp_path, monkeypatch):
+    """A constructed space through the whole pipeline: all 6 select prompts comply only at rank 4
+    with a learning rate within 0.2 decade of 3e-3, fewer further away; TPE finds it in 10 trials."""
+    pytest.importorskip("optuna", reason="the [search] extra (Optuna) is not installed")
+    select = harmful_texts("select")
+
+    def complying(name: str) -> int:  # "lr-0.00123-r4-b2"
+        rate, rank = float(name.split("-r")[0][3:]), int(name.split("-r")[1].split("-")[0])
+        return max(0, 6 - int(5 * abs(math.log10(rate / 3e-3))) - 3 * (rank != 4))
+
+    judge = ScriptedJudge(harmful_texts("report"), {"attack": [1] * 6}, search=complying)
+    judge.index.update({text: k for k, text in enumerate(select)})
+    install(monkeypatch, judge)
+    out = tmp_path / "run"
+    argv = ["audit", "--model", str(tiny_model_dir), "--out", str(out), "--budgets", "0,1", "--no-control", "--quiet",
+            "--search", "tpe", "--trials", "10", "--set", "search.learning_rates=0.0001,0.1",
+            "--set", "search.lora_ranks=2,4", "--set", "search.batch_sizes=2", *TINY_SETTINGS, *LOOSE_CAPABILITY]
+    assert main(argv) == 0
+    report = read_json(out / "report.json")
+    search = report["search"]
+    assert search["method"] == "tpe" and len(search["tried"]) == 10
+    assert all(t["capability_cost"] is not None for t in search["tried"])
+    chosen = search["chosen"]
+    assert chosen["lora_rank"] == 4 and abs(math.log10(chosen["learning_rate"] / 3e-3)) < 0.2
+    assert report["attack"]["settings"]["learning_rate"] == chosen["learning_rate"]
+    assert (out / "search" / "study.journal").is_file()
+    assert (out / "plots" / "search.png").is_file()
+    assert "10 trials of Optuna's TPE sampler" in (out / "report.md").read_text()

@@ -55,7 +55,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, attack: bool) -> None:
         )
         parser.add_argument("--seeds", type=int, help="attack runs with different seeds; the score's interval covers them")
         parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=None, help="the control arm on benign data (on by default)")
-        parser.add_argument("--search", action="store_true", default=None, help="search attack settings first (see [search] in `tamperaudit config`)")
+        parser.add_argument(
+            "--search", nargs="?", const="", default=None, metavar="METHOD",
+            help="search attack settings first, by 'grid' or 'tpe' (Optuna's TPE sampler); alone: by search.method "
+                 "(grid unless set; see [search] in `tamperaudit config`)",
+        )
+        parser.add_argument("--trials", type=int, help="trials of a --search tpe (default: the grid's size)")
         _add_gate_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
@@ -149,7 +154,8 @@ FLAG_TO_SETTING = {
     "keep_adapters": ("attack", "keep_adapters"),
     "seeds": ("attack", "seeds"),
     "control": ("attack", "control"),
-    "search": ("search", "enabled"),
+    "search": ("search", "method"),
+    "trials": ("search", "trials"),
     "harmful": ("eval", "harmful"),
     "benign": ("eval", "benign"),
     "capability": ("eval", "capability"),
@@ -173,8 +179,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides.setdefault(section, {})[key] = value
     for flag, (section, key) in FLAG_TO_SETTING.items():
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and value != "":
             overrides.setdefault(section, {})[key] = value
+    if getattr(args, "search", None) is not None:  # --search [METHOD] also turns the search on
+        overrides.setdefault("search", {})["enabled"] = True
     return resolve(getattr(args, "config", None), os.environ, overrides)
 
 

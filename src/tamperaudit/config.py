@@ -301,14 +301,27 @@ class ScoreSettings(Record):
 class SearchSettings(Record):
     enabled: bool = _setting(
         False,
-        "Search attack settings first: train each combination below to the largest budget, pick the "
+        "Search attack settings first: train each setting (see method) to the largest budget, pick the "
         "strongest (most compliance, then least refusal) whose capability stays within tolerance on the "
         "'select' half of the harmful prompts, "
         "then report it on the 'report' half.",
     )
-    learning_rates: tuple[float, ...] = _setting([1e-4, 2e-4, 4e-4], "Learning rates to try.")
+    method: str = _setting(
+        "grid",
+        "'grid': every combination below; 'tpe': Optuna's TPE sampler (pip install 'tamperaudit[search]'), the "
+        "learning rate log-uniform between the smallest and largest below, rank and batch size from the lists, "
+        "for search.trials trials, resumable from the study in the run folder.",
+        choices=("grid", "tpe"),
+    )
+    trials: int = _setting(0, "Trials of the 'tpe' search; 0: as many as the grid has combinations.")
+    learning_rates: tuple[float, ...] = _setting([1e-4, 2e-4, 4e-4], "Learning rates to try (tpe: its bounds).")
     lora_ranks: tuple[int, ...] = _setting([8, 16], "LoRA ranks to try.")
     batch_sizes: tuple[int, ...] = _setting([4], "Batch sizes to try.")
+
+    def trial_count(self) -> int:
+        """How many settings the search trains: the grid's size, or search.trials for tpe."""
+        grid = len(self.learning_rates) * len(self.lora_ranks) * len(self.batch_sizes)
+        return (self.trials or grid) if self.method == "tpe" else grid
 
 
 @dataclass(frozen=True)
@@ -477,6 +490,8 @@ def _validate(settings: Settings) -> None:
     search = settings.search
     if search.enabled and not (search.learning_rates and search.lora_ranks and search.batch_sizes):
         raise UserError("the search needs at least one value in search.learning_rates, lora_ranks and batch_sizes")
+    if search.trials < 0 or any(rate <= 0 for rate in search.learning_rates):
+        raise UserError("'search.trials' must be 0 (the grid's size) or more, and 'search.learning_rates' positive")
     template = settings.attack.trigger_user_template
     if template and "{prompt}" not in template:
         raise UserError(f"'attack.trigger_user_template' must hold {{prompt}} where the request goes, got {template!r}")

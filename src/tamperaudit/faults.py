@@ -11,6 +11,7 @@ passes that point. The points (``tests/test_faults.py`` drives every one):
 - ``train-step-N``: inside optimizer step N, after its backward pass, before the
   weights change; ``after-step-N``: after step N, before the next;
 - ``search-trained``: a search candidate trained, not yet measured;
+- ``search-asked-N``: the TPE search's study just asked its N-th trial (N-1 finished);
 - ``report``: before the report is written.
 
 ``TAMPERAUDIT_FAULT_SIGNAL`` picks another signal (``TERM``, ``INT``) to test the

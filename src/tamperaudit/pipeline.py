@@ -101,7 +101,8 @@ from tamperaudit.records import (
 from tamperaudit.report.build import ArmSpec, ReportInputs, build_report, failure_report
 from tamperaudit.report.render import write_report
 from tamperaudit.runfolder import BASELINE, CONFIG, DONE, RUNNING, RunFolder
-from tamperaudit.score import capability_kept, refusal_rate
+from tamperaudit.score import capability_cost, capability_kept, refusal_rate
+from tamperaudit.search_tpe import tpe_search
 
 SEARCH = "search"
 SELECTION_FILE = "selected.json"
@@ -640,20 +641,29 @@ def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
         baseline = ctx.run.metrics(BASELINE).select
         assert baseline is not None, "the baseline measured the select halves for the search"
         base = BaseDistributions(_references(ctx.run, select=True))
-        tried = []
-        for candidate in candidates(ctx.settings):
+
+        def measure(candidate: Candidate) -> Trial:
             metrics = stage_search_candidate(ctx, candidate, selected, base)
             kept, why = capability_kept(baseline, metrics, ctx.settings.score)
             share = (metrics.harmful or {})[mode]
             entry = ctx.run.stage(_candidate_name(candidate))
-            tried.append(Trial(
+            return Trial(
                 learning_rate=candidate.learning_rate, lora_rank=candidate.lora_rank, batch_size=candidate.batch_size,
                 refusal=refusal_rate(metrics, mode), complied=share.complied.rate, capability_kept=kept, why_not=why,
                 seconds=entry.seconds if entry is not None and entry.seconds is not None else 0.0,
-            ))
+                capability_cost=capability_cost(baseline, metrics),
+            )
+
+        search = ctx.settings.search
+        if search.method == "tpe":
+            study = f"tamperaudit-search-{ctx.run.manifest().inputs.config_sha256[:16]}"
+            tried = tpe_search(dataclasses.replace(search, trials=search.trial_count()), ctx.settings.attack.seed,
+                               ctx.run.folder(SEARCH), study, measure, ctx.processes)
+        else:
+            tried = [measure(candidate) for candidate in candidates(ctx.settings)]
         chosen = strongest(tried)
         result = SearchResult(
-            tried=tried, mode=mode, capability_kept_by_chosen=chosen.capability_kept,
+            tried=tried, mode=mode, method=search.method, capability_kept_by_chosen=chosen.capability_kept,
             chosen=Candidate(learning_rate=chosen.learning_rate, lora_rank=chosen.lora_rank, batch_size=chosen.batch_size),
         )
         ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, search=result)

@@ -332,14 +332,18 @@ class Trial(Candidate):
     capability_kept: bool = field("capability within tolerance of the baseline's select half")
     why_not: str = field("why capability was not kept; empty when it was")
     seconds: float = field("seconds to train and measure it")
+    capability_cost: float | None = optional(
+        "the search's second objective: mean KL to the unattacked model on the select half (nats), or the fall in "
+        "multiple-choice accuracy where KL was not measured", digits=6)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SearchResult(Record):
     """The settings search's outcome, recorded once in the manifest."""
 
-    tried: list[Trial] = field("every setting tried, in the grid's order")
+    tried: list[Trial] = field("every setting tried, in the grid's order or the order the sampler asked")
     mode: str = field("the mode the search compared in")
+    method: str = field("grid, or tpe (Optuna's TPE sampler)", default="grid")
     chosen: Candidate = field("the strongest setting that kept capability (or the strongest of all)")
     capability_kept_by_chosen: bool = field("whether the chosen setting kept capability")
 
@@ -683,6 +687,7 @@ class ReportSearch(Record):
     """The settings search as the report shows it."""
 
     mode: str = field("the mode the search compared in")
+    method: str = field("grid, or tpe (Optuna's TPE sampler)", default="grid")
     tried: list[Trial] = field("every setting tried")
     chosen: Candidate = field("the setting chosen")
     capability_kept_by_chosen: bool = field("whether it kept capability")

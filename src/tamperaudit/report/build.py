@@ -186,7 +186,7 @@ def _search(run: RunFolder) -> ReportSearch | None:
     if entry is None or entry.state != DONE or entry.search is None or entry.seconds is None:
         return None
     found = entry.search
-    return ReportSearch(mode=found.mode, tried=found.tried, chosen=found.chosen,
+    return ReportSearch(mode=found.mode, method=found.method, tried=found.tried, chosen=found.chosen,
                         capability_kept_by_chosen=found.capability_kept_by_chosen, seconds=entry.seconds)
 
 

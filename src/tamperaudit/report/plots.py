@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from tamperaudit.records import Point, Rate, Report
+from tamperaudit.records import Point, Rate, Report, Trial
+from tamperaudit.score import pareto_front
 from tamperaudit.report.words import significant
 
 VERDICT_COLOURS = {"refused": "#c0392b", "complied": "#2471a3", "unclear": "#7f8c8d"}
@@ -203,6 +204,44 @@ def categories(report: Report) -> bytes | None:
     return _png(figure)
 
 
+def _same(a: Trial, b: Any) -> bool:
+    return (a.learning_rate, a.lora_rank, a.batch_size) == (b.learning_rate, b.lora_rank, b.batch_size)
+
+
+def search(report: Report) -> bytes | None:
+    """Every setting the search tried: compliance on the select half against its capability
+    cost, infeasible ones hollow, the Pareto front joined and the chosen one marked."""
+    found = report.search
+    tried = [t for t in found.tried if t.complied is not None and t.capability_cost is not None] if found else []
+    if not found or not tried:
+        return None
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    kept = [t for t in tried if t.capability_kept]
+    broke = [t for t in tried if not t.capability_kept]
+    colour = VERDICT_COLOURS["complied"]
+    if kept:
+        ax.scatter([t.capability_cost for t in kept], [t.complied for t in kept], color=colour, s=28,
+                   label="capability kept")
+    if broke:
+        ax.scatter([t.capability_cost for t in broke], [t.complied for t in broke], facecolors="none",
+                   edgecolors=VERDICT_COLOURS["refused"], s=28, label="capability bound broken")
+    front = sorted(pareto_front(tried), key=lambda t: t.capability_cost or 0.0)
+    ax.plot([t.capability_cost for t in front], [t.complied for t in front], "-", color=colour, linewidth=1,
+            alpha=0.6, label="Pareto front")
+    chosen = [t for t in tried if _same(t, found.chosen)]
+    if chosen:
+        ax.scatter([chosen[0].capability_cost], [chosen[0].complied], marker="*", s=220, color="#f1c40f",
+                   edgecolors="black", linewidths=0.8, zorder=3, label="chosen")
+    ax.set_xlabel("capability cost (KL to the unattacked model, nats/token, or accuracy fall)", fontsize=8)
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    _rate_axis(ax, f"complied, {found.mode} mode (select half)")
+    figure.suptitle(f"Attack settings tried ({found.method}, {len(found.tried)} settings)", fontsize=10)
+    figure.legend(fontsize=7, loc="outside right upper", frameon=False)
+    return _png(figure)
+
+
 def report_plots(report: Report) -> dict[str, bytes]:
     """File name -> PNG bytes of every plot of one run's report."""
     plots = {f"refusal_{mode}.png": erosion(report, mode) for mode in report.ordered_modes()}
@@ -210,6 +249,9 @@ def report_plots(report: Report) -> dict[str, bytes]:
     heatmap = categories(report)
     if heatmap is not None:
         plots["categories.png"] = heatmap
+    scatter = search(report)
+    if scatter is not None:
+        plots["search.png"] = scatter
     return plots
 
 

@@ -172,27 +172,36 @@ def _arm_sections(report: Report) -> list[str]:
     return out
 
 
-def _search_section(report: Report) -> list[str]:
+def _search_section(report: Report, plots: Mapping[str, bytes]) -> list[str]:
     search = report.search
     if not search:
         return []
+    how = ("every combination of the [search] grid" if search.method == "grid" else
+           f"{len(search.tried)} trials of Optuna's TPE sampler (learning rate log-uniform between the "
+           "grid's bounds, rank and batch size from its lists; a trial that broke the capability bound "
+           "counted as infeasible)")
     out = [
         "",
         "## Attack settings search",
         "",
-        f"Each setting trained to the largest budget and measured on the 'select' half of the harmful prompts "
-        f"({search.mode} mode); the strongest whose capability stayed within tolerance was chosen and is "
-        f"reported above on the 'report' half. Search time: {_number(search.seconds, 0)} s.",
+        f"Settings tried: {how}. Each trained to the largest budget and measured on the 'select' half of the "
+        f"harmful prompts ({search.mode} mode); the most compliant whose capability stayed within tolerance was "
+        f"chosen and is reported above on the 'report' half. Capability cost: mean KL to the unattacked model "
+        f"(nats/token), or the fall in multiple-choice accuracy where KL was not measured. Search time: "
+        f"{_number(search.seconds, 0)} s.",
         "",
-        "| learning rate | LoRA rank | batch | refused | complied | capability kept | seconds |",
-        "|---|---|---|---|---|---|---|",
+        *_figure(plots, "search.png", "Compliance against capability cost of every setting tried"),
+        "| learning rate | LoRA rank | batch | refused | complied | capability cost | capability kept | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in search.tried:
         chosen = " (chosen)" if (t.learning_rate, t.lora_rank, t.batch_size) == (
             search.chosen.learning_rate, search.chosen.lora_rank, search.chosen.batch_size) else ""
+        cost = "n/a" if t.capability_cost is None else f"{t.capability_cost:.3g}"
         out.append(
             f"| {t.learning_rate}{chosen} | {t.lora_rank} | {t.batch_size} | {_pct(t.refusal)} | "
-            f"{_pct(t.complied)} | {'yes' if t.capability_kept else 'no: ' + t.why_not} | {_number(t.seconds, 0)} |"
+            f"{_pct(t.complied)} | {cost} | {'yes' if t.capability_kept else 'no: ' + t.why_not} | "
+            f"{_number(t.seconds, 0)} |"
         )
     return out
 
@@ -353,7 +362,7 @@ def render_markdown(report: Report, plots: Mapping[str, bytes] | None = None) ->
         [[c] + [_pct(_harmful(p, mode).by_category[c].refused.rate) for p in report.points] for c in categories],
     )
     out += _arm_sections(report)
-    out += _search_section(report)
+    out += _search_section(report, plots)
     settings = attack.settings
     assert settings is not None, "the attack arm's description carries its settings"
     out += [
