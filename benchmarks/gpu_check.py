@@ -36,10 +36,23 @@ say) is reported in its row and the other rows still run:
   shared). The stand-in tokenizer's end-of-turn id is -1 and the model's
   generation config has none, so no row stops early: every row generates
   ``max_new_tokens`` tokens (the JSON records generated and expected counts;
-  ``--tiny`` generates 16, not the audit's 64).
+  ``--tiny`` generates 16, not the audit's 64). It is warmed up by one whole
+  untimed call at the timed shape (a GPU's first call at a new batch size costs
+  seconds), and the row records the loop's pacing (how often it reads the host).
   FLOPs are estimated as 2 x weights per computed position (the shared prefix
   once, padded suffixes, fed-back tokens; the head at generated positions
   only); decoding is memory-bound, so its MFU is low by nature.
+- **generate 7B HF dynamic / static**: the peer, in the same run: transformers'
+  ``generate`` on the same shape, prompts (left-padded) and length, with its
+  dynamic and its static key/value cache, each warmed up by one whole call; the
+  notes give the audit loop's tokens/s over each.
+- **GPU busy** (generation rows, on a GPU): one more call of the row's generation
+  under the profiler, its kernel time over the synchronized wall; 100% is a GPU
+  that never waits on the host.
+- **audit quick 7B**: ``audit --quick`` through ``main()`` on a model with
+  Qwen2.5-7B's layers behind the tiny vocabulary (random weights made on the GPU
+  and saved to the temporary folder; with ``--tiny``, the tiny model), and each
+  stage's seconds from the run's manifest, so the slowest stage shows.
 
 MFU is achieved FLOPs over the peak measured in the same run: the best of
 repeated 8192 x 8192 bfloat16 matmuls (float32 at 512 on a CPU), measured before
@@ -89,6 +102,9 @@ TINY_SHAPES = {
 }
 
 AUDIT_BUDGETS = "0,2"
+# Qwen2.5-7B's layers (the shape issue 29's audit --quick row was first timed at).
+QWEN_7B_BODY = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                    num_key_value_heads=4)
 
 
 
@@ -248,21 +264,32 @@ def matmul_peak_tflops(dtype: Any, device: Any, size: int, seconds: float) -> fl
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def audit_row(device: Any, dtype_name: str, peak: Callable[[], float], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def audit_row(
+    device: Any, dtype_name: str, peak: Callable[[], float], extra: tuple[str, ...] = (), shape: dict[str, int] | None = None,
+    quick: bool = False,
+) -> dict[str, Any]:
     """The tiny-model audit through the command line's main(), in a temporary folder and cache
-    (``extra``: more --set arguments, such as a spread over devices)."""
+    (``extra``: more --set arguments, such as a spread over devices). ``shape``: the model's
+    body at these sizes (random weights made on the device), behind the tiny vocabulary;
+    ``quick``: ``audit --quick`` at its own sizes instead of the tiny settings."""
     from tamperaudit.cli import main
     from tamperaudit.records import IncompleteReport, Report
     from tamperaudit.report.schema import read_report
+    from tamperaudit.runfolder import RunFolder
     from tamperaudit.testing import TINY_AUDIT_SETTINGS, build_tiny_model
+
+    import torch
 
     with tempfile.TemporaryDirectory(prefix="tamperaudit-gpu-check-") as scratch:
         root = Path(scratch)
-        model_dir = build_tiny_model(root / "model")
+        built = time.perf_counter()
+        model_dir = build_tiny_model(root / "model", shape=shape, dtype=getattr(torch, dtype_name), device=device)
+        built = time.perf_counter() - built
+        free_all(device)
         out = root / "run"
+        sizes = ["--quick"] if quick else ["--budgets", AUDIT_BUDGETS, *TINY_AUDIT_SETTINGS]
         argv = [
-            "audit", "--model", str(model_dir), "--out", str(out), "--budgets", AUDIT_BUDGETS, "--quiet",
-            *TINY_AUDIT_SETTINGS, "--set", f"model.precision={dtype_name}",
+            "audit", "--model", str(model_dir), "--out", str(out), "--quiet", *sizes, "--set", f"model.precision={dtype_name}",
             # the tiny model's head size (8) is one vLLM's kernels cannot run: never start an engine for it
             "--set", "eval.backend=hf", *extra,
         ]
@@ -281,6 +308,7 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float], extra: tu
             os.environ.pop("TAMPERAUDIT_CACHE", None)
             os.environ.update(saved)
         report = read_report(out / "report.json") if (out / "report.json").is_file() else None
+        stages = {name: entry.seconds for name, entry in RunFolder(out, writes=False).manifest().stages.items()} if (out / "manifest.json").is_file() else {}
     if code != 0 or not isinstance(report, Report):
         said = [line for line in errors.getvalue().splitlines() if line.startswith("tamperaudit:")][-1:]
         status = report.status if report is not None else None
@@ -298,6 +326,8 @@ def audit_row(device: Any, dtype_name: str, peak: Callable[[], float], extra: tu
         "training_plan": report.model.training_memory.to_json() if report.model.training_memory else None,
         "devices": report.model.devices,
         "attack_training": train.to_json() if train else {},
+        "stage_seconds": stages,
+        "model_build_seconds": built,
     }
     if train and train.seconds:
         row["tokens_per_second"] = train.tokens / train.seconds
@@ -377,23 +407,57 @@ def train_row(
     }
 
 
+def gpu_busy_share(device: Any, run: Callable[[], Any]) -> float | None:
+    """The share of one call of ``run``'s wall time that the GPU spent in kernels (the
+    profiler's kernel time over the synchronized wall): 1.0 is a GPU never waiting on the host.
+    None on a CPU."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        started = time.perf_counter()
+        run()
+        synchronize(device)
+        wall = time.perf_counter() - started
+    kernels = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA]
+    busy_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in kernels)
+    return busy_us / 1e6 / wall
+
+
+def _busy(device: Any, run: Callable[[], Any]) -> dict[str, Any]:
+    """The row's GPU-busy share from a second, profiled call (the timed one runs without the profiler)."""
+    try:
+        return {"gpu_busy": gpu_busy_share(device, run)}
+    except Exception as error:  # the profiler is a measurement aid: its failure must not fail the row
+        return {"gpu_busy": None, "gpu_busy_error": one_line(error)}
+
+
+def _generation_inputs(shape: dict[str, int], dtype: Any, device: Any, new_tokens: int | None) -> tuple[Any, Any, list[list[int]], int, int]:
+    from tamperaudit.config import EvalSettings
+
+    defaults = EvalSettings()
+    model = build_llama(shape, dtype, device, seed=0)
+    model.generation_config.eos_token_id = None  # random weights: no stop token at all, every row runs full length
+    prompts = random_prompts(shape["vocab_size"], defaults.batch_size, seed=2)
+    return model, TokenIds(), prompts, defaults.batch_size, new_tokens or defaults.max_new_tokens
+
+
 def generate_row(
     shape: dict[str, int], dtype: Any, device: Any, peak: Callable[[], float], new_tokens: int | None = None
 ) -> dict[str, Any]:
-    """The audit's batched greedy generation at its default batch size and length, no early stops."""
-    from tamperaudit.config import EvalSettings
-    from tamperaudit.generation import common_prefix_length, generate
+    """The audit's batched greedy generation at its default batch size and length, no early stops,
+    warmed up at the shape it is timed at."""
+    from tamperaudit.generation import common_prefix_length, generate, pacing_for
     from tamperaudit.models import body_and_head_parameters
 
-    defaults = EvalSettings()
-    batch, new_tokens = defaults.batch_size, new_tokens or defaults.max_new_tokens
-    model = build_llama(shape, dtype, device, seed=0)
-    model.generation_config.eos_token_id = None  # random weights: no stop token at all, every row runs full length
-    tokenizer = TokenIds()
-    prompts = random_prompts(shape["vocab_size"], batch, seed=2)
-    generate(model, tokenizer, prompts[:8], 2, 8)  # warm-up, untimed
+    model, tokenizer, prompts, batch, new_tokens = _generation_inputs(shape, dtype, device, new_tokens)
+    run = lambda: generate(model, tokenizer, prompts, new_tokens, batch)  # noqa: E731
+    run()  # warm-up at the timed shape, untimed
     synchronize(device)
-    completions, stats = generate(model, tokenizer, prompts, new_tokens, batch)
+    completions, stats = run()
     body, head = body_and_head_parameters(model)
     # positions the loop computes: the shared prefix once, the left-padded suffixes, then each fed-back token
     prefix = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
@@ -415,7 +479,39 @@ def generate_row(
         "expected_tokens": batch * new_tokens,
         "rows_stopped_early": sum(1 for c in completions if c.finished or c.settled),
         "flops": flops,
+        "pacing": str(pacing_for(device)),
+        **_busy(device, run),
     }
+
+
+def hf_generate_row(shape: dict[str, int], dtype: Any, device: Any, cache: str, new_tokens: int | None = None) -> dict[str, Any]:
+    """The peer: transformers' own ``generate`` on the same model shape, prompts (left-padded as
+    it needs them) and length, with its dynamic or its static key/value cache, warmed up at
+    the timed shape."""
+    import torch
+
+    model, _, prompts, batch, new_tokens = _generation_inputs(shape, dtype, device, new_tokens)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    options: dict[str, Any] = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    if cache == "static":
+        options["cache_implementation"] = "static"
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=mask, **options)
+
+    run()  # warm-up at the timed shape (with the static cache, this is where it compiles)
+    synchronize(device)
+    started = time.perf_counter()
+    out = run()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    generated = int(out.shape[0] * (out.shape[1] - width))
+    return {"tokens_per_second": generated / seconds, "timed_seconds": seconds, "generated_tokens": generated,
+            "expected_tokens": batch * new_tokens, "prompts": batch, "batch_size": batch, "max_new_tokens": new_tokens,
+            "prompt_tokens": sum(len(p) for p in prompts), "rows_stopped_early": 0, **_busy(device, run)}
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -431,23 +527,27 @@ def cell(value: Any, form: str) -> str:
     return format(value, form)
 
 
+def percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| row | shape | setting | tokens/s | TFLOPS | MFU | peak GiB | seconds (timed / row) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| row | shape | setting | tokens/s | TFLOPS | MFU | GPU busy | peak GiB | seconds (timed / row) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row["status"] != "ok":
             lines.append(
                 f"| {row['name']} | {row['shape']} | {row['setting']} | {row['status'].upper()}: {row.get('error', '')} "
-                f"| - | - | {cell(row.get('peak_gib'), '.1f')} | - / {cell(row.get('seconds'), '.1f')} |"
+                f"| - | - | - | {cell(row.get('peak_gib'), '.1f')} | - / {cell(row.get('seconds'), '.1f')} |"
             )
             continue
         mfu = row.get("mfu")
         lines.append(
             f"| {row['name']} | {row['shape']} | {row['setting']} | {cell(row.get('tokens_per_second'), ',.0f')} "
             f"| {cell(row.get('tflops'), '.3g')} | {cell(None if mfu is None else 100 * mfu, '.1f')}% "
-            f"| {cell(row.get('peak_gib'), '.1f')} | {cell(row.get('timed_seconds'), '.2f')} / {cell(row.get('seconds'), '.1f')} |"
+            f"| {percent(row.get('gpu_busy'))} | {cell(row.get('peak_gib'), '.1f')} | {cell(row.get('timed_seconds'), '.2f')} / {cell(row.get('seconds'), '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -476,6 +576,9 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                 f"{row['generated_tokens']} tokens generated of {row['expected_tokens']} expected "
                 f"({row['rows_stopped_early']} rows stopped early)"
             )
+        if row.get("stage_seconds") and row["name"].startswith("audit quick"):
+            stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in row["stage_seconds"].items() if seconds is not None)
+            lines.append(f"- {row['name']}: model built and saved in {row['model_build_seconds']:.1f} s; stages: {stages}")
         if "judge_device" in row:
             lines.append(f"- {row['name']}: {row['judged']} verdicts, the judge's model on {row['judge_device']} in "
                          f"{row['judge_dtype']} ({row['placement']})")
@@ -485,6 +588,11 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                 f"on {' '.join(x for x in (row['audit_device'], row['audit_gpu']) if x)} in {row['precision']}, weights on "
                 f"{', '.join(row['devices'])}; rates are the attack's training steps from report.json"
             )
+    ours = next((r for r in rows if r["name"] == "generate 7B" and r["status"] == "ok"), None)
+    for peer in rows:
+        if ours and peer["name"].startswith("generate 7B HF") and peer["status"] == "ok":
+            lines.append(f"- generate 7B against {peer['name'].removeprefix('generate 7B ')}: "
+                         f"{ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x its tokens/s (same run, shape, prompts and length)")
     return lines
 
 
@@ -573,11 +681,19 @@ def main(argv: list[str] | None = None) -> int:
             ))
     # --tiny: the audit's batch size, but 16 new tokens instead of its 64 (seconds on a 2-core CPU)
     new_tokens = 16 if args.tiny else None
-    plans.append((
-        "generate 7B", describe_shape("7B", shapes["7B"], args.tiny),
-        f"{dtype_name}, greedy, audit batch, {new_tokens or 'audit'} new tokens",
-        lambda: generate_row(shapes["7B"], dtype, device, peak, new_tokens),
-    ))
+    generation = f"{dtype_name}, greedy, audit batch, {new_tokens or 'audit'} new tokens"
+    plans.append(("generate 7B", describe_shape("7B", shapes["7B"], args.tiny), generation,
+                  lambda: generate_row(shapes["7B"], dtype, device, peak, new_tokens)))
+    for cache in ("dynamic", "static"):
+        plans.append((f"generate 7B HF {cache}", describe_shape("7B", shapes["7B"], args.tiny),
+                      f"{generation}, transformers' generate, {cache} cache",
+                      lambda cache=cache: hf_generate_row(shapes["7B"], dtype, device, cache, new_tokens)))
+    if not args.skip_audit:
+        # --tiny: the tiny model at --quick's sizes; on a GPU, a Qwen2.5-7B-shaped body behind the tiny vocabulary
+        quick_shape = None if args.tiny else QWEN_7B_BODY
+        plans.append(("audit quick 7B", "Qwen2 tiny chat model" if args.tiny else "Qwen2.5-7B body, vocabulary 600",
+                      f"{dtype_name}, audit --quick, stage by stage",
+                      lambda: audit_row(device, dtype_name, peak, shape=quick_shape, quick=True)))
 
     rows: list[dict[str, Any]] = []
     for name, shape, setting, measure in plans:

@@ -114,3 +114,122 @@ def test_the_loaded_models_head_gets_a_contiguous_input(tiny_model_dir):
         model(input_ids=torch.tensor([[5, 6, 7, 8, 9]] * 3), logits_to_keep=1)
     assert not decoder_out[0][:, -1:, :].is_contiguous()  # what transformers slices: a strided view
     assert seen == [(1, True)]
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts what makes a GPU wait for the host: reading a tensor's values back."""
+
+    READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.cpu}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - PyTorch's signature
+        if func in self.READS:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _chat_ids(tokenizer, system=None):
+    turns = [[{"role": "system", "content": system}] if system else [] for _ in PROMPTS]
+    return [ChatFormat.detect(tokenizer).ids([*t, {"role": "user", "content": p}]) for t, p in zip(turns, PROMPTS)]
+
+
+def test_gpu_pacing_reads_the_host_every_four_steps_and_compacts_rarely(tiny, monkeypatch):
+    """The GPU's loop: no host read between looks (every 4 steps), and finished rows leave only
+    when half the batch has finished, so the batch changes shape a few times, not every step."""
+    from transformers import DynamicCache
+
+    from tamperaudit.generation import GPU_PACING
+
+    model, tokenizer = tiny
+    prompt_ids = _chat_ids(tokenizer) * 4  # 16 rows in one batch
+    free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16)
+    original = tokenizer.eos_token_id
+    # Two prompts end early, each at a token no other prompt's reply holds, so rows end at different steps.
+    def own_token(index, start):
+        others = {t for i, c in enumerate(free[:4]) if i != index for t in c.tokens}
+        return next(t for t in free[index].tokens[start:] if t not in others)
+
+    stops = [own_token(3, 2), own_token(1, 5)]
+    model.generation_config.eos_token_id = stops
+    compactions = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda self, idx: (compactions.append(len(idx)), select(self, idx))[1])
+    try:
+        eager, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16)
+        eager_compactions, compactions[:] = list(compactions), []
+        with _HostReads() as counter:
+            paced, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16, pacing=GPU_PACING)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert [c.tokens for c in paced] == [c.tokens for c in eager]
+    assert [c.finished for c in paced] == [c.finished for c in eager]
+    assert any(c.finished for c in eager) and len({len(c.tokens) for c in eager}) > 2  # rows end at different steps
+    # 12 steps: looks after steps 4, 8 and 12, one read each (and the prefix's copy: none).
+    assert counter.reads <= 3
+    # The CPU's loop drops finished rows as they end; the GPU's only when half have.
+    assert eager_compactions[1:] and all(n < 16 for n in eager_compactions[1:])
+    assert compactions[1:] == [] or all(n <= 8 for n in compactions[1:])
+
+
+@pytest.mark.parametrize("system", [None, "You are a careful assistant who answers in one short sentence."])
+def test_gpu_pacing_gives_the_same_tokens_with_early_stops_and_an_adapter(tiny, system):
+    """Rows kept decoding past their end (until the host looks) or past a settled verdict
+    change nothing recorded: the same tokens, finished and settled flags as the CPU's loop,
+    on the base model and with a LoRA adapter active and unmerged."""
+    from peft import LoraConfig, get_peft_model
+
+    from tamperaudit.generation import CPU_PACING, GPU_PACING
+
+    model, tokenizer = tiny
+    prompt_ids = _chat_ids(tokenizer, system) * 2
+    settle = lambda index, tokens: index % 3 == 1 and len(tokens) >= 4  # noqa: E731
+    torch.manual_seed(0)
+    adapted = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    try:
+        for which in (adapted, model):
+            with (adapted.disable_adapter() if which is model else torch.no_grad()):
+                runs = [generate(adapted, tokenizer, prompt_ids, 10, batch_size=8, settled=settle, pacing=p)[0]
+                        for p in (CPU_PACING, GPU_PACING)]
+            assert [(c.tokens, c.finished, c.settled) for c in runs[0]] == [(c.tokens, c.finished, c.settled) for c in runs[1]]
+            assert any(c.settled for c in runs[1])
+    finally:
+        adapted.unload()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_ready_made_decode_masks_give_transformers_own_tokens(tiny_model_dir, attention):
+    """Decode steps get their mask built by the loop (no read of the device to ask about
+    padding); padded rows of different lengths, with and without a shared prefix, still
+    decode exactly as transformers' generate does one prompt at a time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tamperaudit.generation import _decode_mask_kind
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention).eval()
+    assert _decode_mask_kind(model) == attention
+    for system in (None, "You are a careful assistant who answers in one short sentence."):
+        prompt_ids = _chat_ids(tokenizer, system)
+        assert len({len(p) for p in prompt_ids}) > 1
+        completions, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=8, batch_size=4)
+        assert [list(c.tokens) for c in completions] == _hf_greedy(model, tokenizer, prompt_ids, 8, tokenizer.eos_token_id)
+
+
+def test_sliding_window_layers_leave_the_mask_to_transformers(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from tamperaudit.generation import _decode_mask_kind
+
+    class Model:  # what _decode_mask_kind reads
+        def __init__(self, **changes):
+            self.config = AutoConfig.from_pretrained(tiny_model_dir, **changes)
+            self.config._attn_implementation = "sdpa"
+
+    assert _decode_mask_kind(Model()) == "sdpa"
+    layers = Model().config.num_hidden_layers
+    windowed = Model(use_sliding_window=True, sliding_window=16, layer_types=["sliding_attention"] * layers)
+    assert windowed.config.layer_types[0] == "sliding_attention"
+    assert _decode_mask_kind(windowed) is None

@@ -7,6 +7,11 @@ shares (the chat template's system block, or an attack's system prompt) is
 computed once per batch instead of once per row; and prompts are sorted by length
 so that batches carry little padding. Greedy decoding gives the
 same tokens as ``generate(do_sample=False)`` on the same batch (tested).
+
+On a GPU the loop keeps the device busy (``Pacing``, issue 29): it reads back to the
+host only every few steps, builds each decode step's attention mask itself (transformers
+would ask the device whether any position is padding, every step), and drops finished
+rows only when half the batch has finished. A CPU reads every step and drops rows at once.
 """
 
 from __future__ import annotations
@@ -95,6 +100,35 @@ def with_cache(model: Any, cache: Any) -> dict[str, Any]:
     return {_cache_keyword(type(base)): cache, "use_cache": True}
 
 
+def _decode_mask_kind(model: Any) -> str | None:
+    """How the decode steps can be handed their attention mask ready-made: 'sdpa' (a boolean
+    mask, or none where no row is padded) or 'eager' (an additive one), exactly the masks
+    transformers would build for one new token; None where it must build them itself (other
+    attention kernels, sliding-window layers).
+
+    transformers builds a decode step's mask by first asking whether any position is
+    padding, a read from the device that stalls a GPU every step; a 4D mask is used as given.
+    """
+    from tamperaudit.models import text_config
+
+    config = text_config(model.config)
+    kind = getattr(model.config, "_attn_implementation", None)
+    layer_types = getattr(config, "layer_types", None)
+    windowed = (any(t != "full_attention" for t in layer_types) if layer_types else
+                getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True))
+    return kind if kind in ("sdpa", "eager") and not windowed else None
+
+
+def _decode_mask(kind: str | None, attention: torch.Tensor, padded: bool, dtype: torch.dtype) -> torch.Tensor | None:
+    """The attention mask for a decode step over ``attention`` (rows x positions, 1 = attend)."""
+    if kind is None:
+        return attention
+    if kind == "sdpa":
+        return attention.bool()[:, None, None, :] if padded else None
+    zero = torch.zeros((), dtype=dtype, device=attention.device)
+    return torch.where(attention.bool(), zero, torch.finfo(dtype).min)[:, None, None, :]
+
+
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Length of the token prefix all prompts share (the chat template's system block)."""
     if not prompts:
@@ -106,6 +140,38 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return length
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """How often the decode loop reads back to the host, and when it drops finished rows.
+
+    ``check_every``: decode steps between host reads (1, 2 or 4, so that every read falls on
+    the steps where settled verdicts are asked). In between, the GPU is never waited on: the
+    new tokens stay on the device and rows that ended keep decoding, their tokens thrown away.
+    ``compact_at``: finished rows leave the batch (their cache rows dropped) once the rows
+    still running are at most this share of the batch; 1.0 drops them at once.
+    """
+
+    check_every: int = 1
+    compact_at: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.check_every not in (1, 2, 4) or not 0.0 < self.compact_at <= 1.0:
+            raise ValueError(f"unsupported pacing {self}")
+
+
+# A CPU computes every row it is given: a finished row left in the batch is paid for in full,
+# and a host read costs nothing, so it reads every step and drops rows at once. A GPU is
+# starved by every host read (the kernels of the next step wait to be launched), while a
+# few more rows cost it little: it reads every 4 steps and halves the batch only when half of
+# it has finished.
+CPU_PACING = Pacing(check_every=1, compact_at=1.0)
+GPU_PACING = Pacing(check_every=SETTLE_EVERY, compact_at=0.5)
+
+
+def pacing_for(device: torch.device) -> Pacing:
+    return CPU_PACING if device.type == "cpu" else GPU_PACING
+
+
 @torch.inference_mode()
 def _generate_batch(
     model: Any,
@@ -115,18 +181,21 @@ def _generate_batch(
     stop_ids: set[int],
     pad_id: int,
     settled: Callable[[int, list[int]], bool] | None = None,
+    pacing: Pacing | None = None,
 ) -> list[tuple[list[int], bool, bool]]:
     """Greedy decoding of one batch.
 
     Layout: the shared prefix is computed once and its cache copied to every row;
     each row's own suffix follows, left-padded so that all rows end together
     (padding sits between prefix and suffix and is masked). Each row stops at its
-    own end-of-turn token and leaves the batch, or earlier when ``settled(row,
-    tokens)`` says its verdict can no longer change.
+    own end-of-turn token, or earlier when ``settled(row, tokens)`` says its verdict
+    can no longer change; ``pacing`` says when the host looks and when stopped rows
+    leave the batch (by default, as suits the model's device).
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
+    pacing = pacing or pacing_for(device)
     rows = len(prompts)
     prefix = torch.tensor(prompts[0][:prefix_length], device=device).unsqueeze(0)
     suffixes = [p[prefix_length:] for p in prompts]
@@ -143,43 +212,57 @@ def _generate_batch(
         cache.batch_select_indices(torch.zeros(rows, dtype=torch.long))  # host indices: see below
     attention = torch.cat([suffix_mask.new_ones((rows, prefix_length)), suffix_mask], dim=-1)
     positions = prefix_length + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+    mask_kind = _decode_mask_kind(model)
+    dtype = model.get_input_embeddings().weight.dtype
+    padded = [len(s) < width for s in suffixes]  # by batch row: does its row hold padding
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * rows
     early = [False] * rows
-    active = torch.arange(rows, device=device)  # original row of each batch row
-    stop = torch.tensor(sorted(stop_ids), device=device)
+    batch_rows = list(range(rows))  # original row of each batch row (the host's copy)
+    running = set(batch_rows)  # original rows whose reply goes on
+    generated = torch.empty((rows, max_new_tokens), dtype=torch.long, device=device)  # by batch row, until compacted
+    read = 0  # steps the host has read
     step_input, step_positions = input_ids, positions
     for step in range(max_new_tokens):
         logits = model(
             input_ids=step_input,
-            attention_mask=attention,
+            attention_mask=attention if step == 0 else _decode_mask(mask_kind, attention, any(padded), dtype),
             position_ids=step_positions,
             logits_to_keep=1,
             **with_cache(model, cache),
         ).logits[:, -1, :]
         next_tokens = logits.argmax(dim=-1).to(device)  # a spread model's head sits on its last GPU
-        done = torch.isin(next_tokens, stop)
-        for row, token, is_done in zip(active.tolist(), next_tokens.tolist(), done.tolist()):
-            if is_done:
-                finished[row] = True
-            else:
-                outputs[row].append(token)
-        if settled is not None and (step + 1) % SETTLE_EVERY == 0:
-            flags = [not is_done and settled(row, outputs[row]) for row, is_done in zip(active.tolist(), done.tolist())]
-            for row, flag in zip(active.tolist(), flags):
-                early[row] = early[row] or flag
-            done = done | torch.tensor(flags, device=device)
-        if bool(done.all()):
-            break
-        keep = (~done).nonzero().squeeze(-1)
-        if len(keep) < len(active):
-            # Host-side indices index cache layers on whichever GPU each layer sits.
-            cache.batch_select_indices(keep.cpu())
-            active, next_tokens = active[keep], next_tokens[keep]
-            attention, step_positions = attention[keep], step_positions[keep]
-        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+        generated[:, step] = next_tokens
+        attention = torch.cat([attention, attention.new_ones((len(batch_rows), 1))], dim=-1)
         step_positions = step_positions[:, -1:] + 1
         step_input = next_tokens.unsqueeze(-1)
+        if (step + 1) % pacing.check_every and step + 1 < max_new_tokens:
+            continue
+        # The host's look: one read of the steps since the last, then each row's tokens in order.
+        for row, tokens in zip(batch_rows, generated[:, read : step + 1].tolist()):
+            for offset, token in enumerate(tokens):
+                if row not in running:
+                    break
+                if token in stop_ids:
+                    finished[row] = True
+                    running.discard(row)
+                    continue
+                outputs[row].append(token)
+                if settled is not None and (read + offset + 1) % SETTLE_EVERY == 0 and settled(row, outputs[row]):
+                    early[row] = True
+                    running.discard(row)
+        read = step + 1
+        if not running:
+            break
+        if len(running) <= pacing.compact_at * len(batch_rows) and len(running) < len(batch_rows):
+            keep = [index for index, row in enumerate(batch_rows) if row in running]
+            # Host-side indices index cache layers on whichever GPU each layer sits.
+            cache.batch_select_indices(torch.tensor(keep, dtype=torch.long))
+            kept = torch.tensor(keep, dtype=torch.long, device=device)
+            batch_rows = [batch_rows[index] for index in keep]
+            padded = [padded[index] for index in keep]
+            attention, step_positions, step_input = attention[kept], step_positions[kept], step_input[kept]
+            generated = generated[kept]
     return [(outputs[row], finished[row], early[row]) for row in range(rows)]
 
 
@@ -191,12 +274,14 @@ def generate(
     batch_size: int,
     desc: str = "generating",
     settled: Callable[[int, list[int]], bool] | None = None,
+    pacing: Pacing | None = None,
 ) -> tuple[list[Completion], GenerationStats]:
     """Greedy completions for token-id prompts, in the order given.
 
     ``settled(index, tokens)``, if given, is asked every few steps whether prompt
     ``index`` (in the order given) can stop: pass it only a test under which no
-    continuation of ``tokens`` could change the outcome being measured.
+    continuation of ``tokens`` could change the outcome being measured. ``pacing``: when
+    the host reads and finished rows leave (default: as suits the model's device).
     """
     stop_ids = stop_token_ids(tokenizer, model)
     # Keep at least one token per prompt outside the prefix: it is the step that predicts.
@@ -210,7 +295,8 @@ def generate(
             indices = order[begin : begin + batch_size]
             check = None if settled is None else (lambda row, tokens, indices=indices: settled(indices[row], tokens))
             batch = _generate_batch(
-                model, [list(prompts[i]) for i in indices], prefix_length, max_new_tokens, stop_ids, tokenizer.pad_token_id, check
+                model, [list(prompts[i]) for i in indices], prefix_length, max_new_tokens, stop_ids, tokenizer.pad_token_id, check,
+                pacing,
             )
             for index, (tokens, finished, early) in zip(indices, batch):
                 text = tokenizer.decode(tokens, skip_special_tokens=True)

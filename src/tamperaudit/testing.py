@@ -119,12 +119,17 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
 )}
 
 
-def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8, family: str = "chatml") -> Path:
+def build_tiny_model(
+    folder: Path, seed: int = 0, head_dim: int = 8, family: str = "chatml", shape: dict[str, int] | None = None,
+    dtype: Any = None, device: Any = None,
+) -> Path:
     """A 2-layer model with a small byte-level BPE tokenizer and the chat template of ``family``
     (``FAMILIES``; ChatML by default, a Qwen2-architecture model).
 
     Four attention heads of ``head_dim`` each (two key/value heads); vLLM's attention kernels
-    need a head size such as 64, the default 8 keeps the model as small as it can be."""
+    need a head size such as 64, the default 8 keeps the model as small as it can be.
+    ``shape`` overrides the layer sizes (a 7B-shaped body behind the same small vocabulary,
+    for the GPU check), its random weights made in ``dtype`` on ``device``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -156,12 +161,19 @@ def build_tiny_model(folder: Path, seed: int = 0, head_dim: int = 8, family: str
     stops = [fast.convert_tokens_to_ids(t) for t in (kind.eos, *kind.stop)]
     sizes = dict(hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=fast.pad_token_id)
+    sizes.update(shape or {})
     if kind.multimodal:
         model = _tiny_multimodal(len(fast), head_dim, sizes, fast)
     else:
         config = Qwen2Config(vocab_size=len(fast), tie_word_embeddings=False, eos_token_id=fast.eos_token_id,
                              bos_token_id=fast.bos_token_id, **sizes)
-        model = Qwen2ForCausalLM(config)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or previous)
+        try:
+            with torch.device(device or "cpu"):
+                model = Qwen2ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = fast.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)
