@@ -154,7 +154,6 @@ FLAG_TO_SETTING = {
     "keep_adapters": ("attack", "keep_adapters"),
     "seeds": ("attack", "seeds"),
     "control": ("attack", "control"),
-    "search": ("search", "method"),
     "trials": ("search", "trials"),
     "harmful": ("eval", "harmful"),
     "benign": ("eval", "benign"),
@@ -179,10 +178,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides.setdefault(section, {})[key] = value
     for flag, (section, key) in FLAG_TO_SETTING.items():
         value = getattr(args, flag, None)
-        if value is not None and value != "":
+        if value is not None:
             overrides.setdefault(section, {})[key] = value
-    if getattr(args, "search", None) is not None:  # --search [METHOD] also turns the search on
-        overrides.setdefault("search", {})["enabled"] = True
+    method = getattr(args, "search", None)  # --search METHOD; --search alone ("") keeps search.method
+    if method is not None:
+        overrides.setdefault("search", {}).update({"enabled": True, **({"method": method} if method else {})})
     return resolve(getattr(args, "config", None), os.environ, overrides)
 
 

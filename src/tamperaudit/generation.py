@@ -215,6 +215,7 @@ def _generate_batch(
     mask_kind = _decode_mask_kind(model)
     dtype = model.get_input_embeddings().weight.dtype
     padded = [len(s) < width for s in suffixes]  # by batch row: does its row hold padding
+    any_padded = any(padded)
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * rows
     early = [False] * rows
@@ -226,7 +227,7 @@ def _generate_batch(
     for step in range(max_new_tokens):
         logits = model(
             input_ids=step_input,
-            attention_mask=attention if step == 0 else _decode_mask(mask_kind, attention, any(padded), dtype),
+            attention_mask=attention if step == 0 else _decode_mask(mask_kind, attention, any_padded, dtype),
             position_ids=step_positions,
             logits_to_keep=1,
             **with_cache(model, cache),
@@ -261,6 +262,7 @@ def _generate_batch(
             kept = torch.tensor(keep, dtype=torch.long, device=device)
             batch_rows = [batch_rows[index] for index in keep]
             padded = [padded[index] for index in keep]
+            any_padded = any(padded)
             attention, step_positions, step_input = attention[kept], step_positions[kept], step_input[kept]
             generated = generated[kept]
     return [(outputs[row], finished[row], early[row]) for row in range(rows)]

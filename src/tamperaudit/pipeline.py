@@ -664,7 +664,7 @@ def stage_search(ctx: Context, selected: list[str] | None) -> Settings:
         chosen = strongest(tried)
         result = SearchResult(
             tried=tried, mode=mode, method=search.method, capability_kept_by_chosen=chosen.capability_kept,
-            chosen=Candidate(learning_rate=chosen.learning_rate, lora_rank=chosen.lora_rank, batch_size=chosen.batch_size),
+            chosen=chosen.setting(),
         )
         ctx.run.mark(SEARCH, DONE, seconds=time.perf_counter() - started, search=result)
         ctx.processes.barrier()  # the others read the choice the main process wrote

@@ -265,6 +265,10 @@ class Candidate(Record):
     lora_rank: int = field("LoRA rank")
     batch_size: int = field("conversations per optimizer step")
 
+    def setting(self) -> "Candidate":
+        """The setting alone (a Trial carries its measurements besides)."""
+        return Candidate(learning_rate=self.learning_rate, lora_rank=self.lora_rank, batch_size=self.batch_size)
+
 
 @dataclass(kw_only=True)
 class TrainState(Record):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from tamperaudit.records import Point, Rate, Report, Trial
+from tamperaudit.records import Point, Rate, Report
 from tamperaudit.score import pareto_front
 from tamperaudit.report.words import significant
 
@@ -204,10 +204,6 @@ def categories(report: Report) -> bytes | None:
     return _png(figure)
 
 
-def _same(a: Trial, b: Any) -> bool:
-    return (a.learning_rate, a.lora_rank, a.batch_size) == (b.learning_rate, b.lora_rank, b.batch_size)
-
-
 def search(report: Report) -> bytes | None:
     """Every setting the search tried: compliance on the select half against its capability
     cost, infeasible ones hollow, the Pareto front joined and the chosen one marked."""
@@ -229,7 +225,7 @@ def search(report: Report) -> bytes | None:
     front = sorted(pareto_front(tried), key=lambda t: t.capability_cost or 0.0)
     ax.plot([t.capability_cost for t in front], [t.complied for t in front], "-", color=colour, linewidth=1,
             alpha=0.6, label="Pareto front")
-    chosen = [t for t in tried if _same(t, found.chosen)]
+    chosen = [t for t in tried if t.setting() == found.chosen]
     if chosen:
         ax.scatter([chosen[0].capability_cost], [chosen[0].complied], marker="*", s=220, color="#f1c40f",
                    edgecolors="black", linewidths=0.8, zorder=3, label="chosen")

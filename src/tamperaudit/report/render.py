@@ -195,8 +195,7 @@ def _search_section(report: Report, plots: Mapping[str, bytes]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in search.tried:
-        chosen = " (chosen)" if (t.learning_rate, t.lora_rank, t.batch_size) == (
-            search.chosen.learning_rate, search.chosen.lora_rank, search.chosen.batch_size) else ""
+        chosen = " (chosen)" if t.setting() == search.chosen else ""
         cost = "n/a" if t.capability_cost is None else f"{t.capability_cost:.3g}"
         out.append(
             f"| {t.learning_rate}{chosen} | {t.lora_rank} | {t.batch_size} | {_pct(t.refusal)} | "
