@@ -1,12 +1,16 @@
 """The decode loop's pacing on this machine: the loop as a commit had it, against the CPU's and
-the GPU's pacing of this checkout's loop (issue 29), on the audit's prompts, batch size and
-length, with the audit's early stops (the keyword judge's settled verdicts).
+the GPU's pacing of this checkout's loop (issue 29), and the CPU's pacing on a static cache, on
+the audit's prompts, batch size and length, with the audit's early stops (the keyword judge's
+settled verdicts).
 
-The GPU's pacing reads back to the host every 4 steps and keeps finished rows in the batch until
-half of it has finished; on a GPU that removes the per-step stalls, on a CPU the finished rows
-it keeps are computed in full. This says, on this machine, whether the loop the CPU runs is as
-fast as the commit's (the issue's rule: not slower on a CPU, else fall back) and what the GPU's
-pacing would cost here. Paths alternate (A B C, then C B A, ...), each path's figure is its
+The GPU's pacing reads back to the host every 4 steps, keeps finished rows in the batch until
+half of it has finished and decodes on a static cache (its captured steps need a CUDA device, so
+here they run eagerly); on a GPU that removes the per-step stalls, on a CPU the finished rows it
+keeps are computed in full. The static cache alone (written in place, instead of transformers'
+DynamicCache grown by a copy each step) is timed under the CPU's pacing. This says, on this
+machine, whether the loop the CPU runs is as fast as the commit's (the issue's rule: not slower
+on a CPU, else fall back), whether a static cache would help it, and what the GPU's pacing would
+cost here. Paths alternate (A B C, then C B A, ...), each path's figure is its
 fastest run; every run's completions are compared with the commit's, token for token.
 
     python benchmarks/bench_decode_pacing.py [--against HEAD] [--prompts 110] [--repeats 2] [--json out.json]
@@ -28,7 +32,7 @@ from tamperaudit.config import EvalSettings
 from tamperaudit.data import load_harmful
 from tamperaudit.evals.judges import KeywordJudge
 from tamperaudit.evals.refusal import settled_check
-from tamperaudit.generation import CPU_PACING, GPU_PACING, generate
+from tamperaudit.generation import CPU_PACING, GPU_PACING, Pacing, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         f"loop at {args.against}": lambda: before.generate(model, tokenizer, prompts, new_tokens, batch, settled=check),
         "CPU pacing (read every step, drop rows at once)": lambda: generate(
             model, tokenizer, prompts, new_tokens, batch, settled=check, pacing=CPU_PACING),
-        "GPU pacing (read every 4 steps, drop rows at half)": lambda: generate(
+        "CPU pacing on a static cache": lambda: generate(
+            model, tokenizer, prompts, new_tokens, batch, settled=check, pacing=Pacing(static=True)),
+        "GPU pacing (read every 4 steps, drop rows at half, static cache)": lambda: generate(
             model, tokenizer, prompts, new_tokens, batch, settled=check, pacing=GPU_PACING),
     }
     # warm-up: each loop once, untimed, on one small batch

@@ -42,10 +42,18 @@ say) is reported in its row and the other rows still run:
   FLOPs are estimated as 2 x weights per computed position (the shared prefix
   once, padded suffixes, fed-back tokens; the head at generated positions
   only); decoding is memory-bound, so its MFU is low by nature.
+  On a GPU the loop reads the host every 4 steps and replays its decode steps as
+  CUDA graphs on a static cache (``GPU_PACING``); the notes say how many graphs
+  were captured, or why capture failed (its steps then ran eagerly).
+- **generate 7B per-step**: the same call under the pacing the loop had before
+  issue 29 (a host read every step, rows dropped as they end, transformers'
+  DynamicCache), for the ratio the loop gained, in the same run.
 - **generate 7B HF dynamic / static**: the peer, in the same run: transformers'
   ``generate`` on the same shape, prompts (left-padded) and length, with its
-  dynamic and its static key/value cache, each warmed up by one whole call; the
-  notes give the audit loop's tokens/s over each.
+  dynamic and its static key/value cache, each warmed up by one whole call.
+  The notes give the audit loop's tokens/s over each other generation row, and
+  in how many rows the generated tokens are the same (each row's tokens are
+  kept in the JSON as a short digest).
 - **GPU busy** (generation rows, on a GPU): one more call of the row's generation
   under the profiler, its kernel time over the synchronized wall; 100% is a GPU
   that never waits on the host.
@@ -74,6 +82,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import io
 import json
 import math
@@ -445,16 +454,25 @@ def _generation_inputs(shape: dict[str, int], dtype: Any, device: Any, new_token
     return model, TokenIds(), prompts, defaults.batch_size, new_tokens or defaults.max_new_tokens
 
 
+def token_digests(rows: list[list[int]]) -> list[str]:
+    """A short digest of each row's generated tokens, to compare rows across generation rows."""
+    return [hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:12] for tokens in rows]
+
+
 def generate_row(
-    shape: dict[str, int], dtype: Any, device: Any, peak: Callable[[], float], new_tokens: int | None = None
+    shape: dict[str, int], dtype: Any, device: Any, peak: Callable[[], float], new_tokens: int | None = None,
+    pacing: Any = None,
 ) -> dict[str, Any]:
     """The audit's batched greedy generation at its default batch size and length, no early stops,
-    warmed up at the shape it is timed at."""
-    from tamperaudit.generation import common_prefix_length, generate, pacing_for
+    warmed up at the shape it is timed at (on a GPU, its steps captured as CUDA graphs there);
+    ``pacing``: the loop's, where not the device's default."""
+    from tamperaudit.generation import CudaGraphs, common_prefix_length, generate, pacing_for
     from tamperaudit.models import body_and_head_parameters
 
     model, tokenizer, prompts, batch, new_tokens = _generation_inputs(shape, dtype, device, new_tokens)
-    run = lambda: generate(model, tokenizer, prompts, new_tokens, batch)  # noqa: E731
+    pacing = pacing or pacing_for(device)
+    graphs = CudaGraphs(device) if device.type == "cuda" and pacing.graphs else None
+    run = lambda: generate(model, tokenizer, prompts, new_tokens, batch, pacing=pacing, graphs=graphs)  # noqa: E731
     run()  # warm-up at the timed shape, untimed
     synchronize(device)
     completions, stats = run()
@@ -479,7 +497,11 @@ def generate_row(
         "expected_tokens": batch * new_tokens,
         "rows_stopped_early": sum(1 for c in completions if c.finished or c.settled),
         "flops": flops,
-        "pacing": str(pacing_for(device)),
+        "pacing": str(pacing),
+        "decode": stats.decode,
+        "graphs_captured": graphs.captured if graphs else 0,
+        "graph_failure": graphs.failure if graphs else "",
+        "token_digests": token_digests([list(c.tokens) for c in completions]),
         **_busy(device, run),
     }
 
@@ -510,6 +532,7 @@ def hf_generate_row(shape: dict[str, int], dtype: Any, device: Any, cache: str, 
     seconds = time.perf_counter() - started
     generated = int(out.shape[0] * (out.shape[1] - width))
     return {"tokens_per_second": generated / seconds, "timed_seconds": seconds, "generated_tokens": generated,
+            "token_digests": token_digests(out[:, width:].tolist()),
             "expected_tokens": batch * new_tokens, "prompts": batch, "batch_size": batch, "max_new_tokens": new_tokens,
             "prompt_tokens": sum(len(p) for p in prompts), "rows_stopped_early": 0, **_busy(device, run)}
 
@@ -588,11 +611,17 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                 f"on {' '.join(x for x in (row['audit_device'], row['audit_gpu']) if x)} in {row['precision']}, weights on "
                 f"{', '.join(row['devices'])}; rates are the attack's training steps from report.json"
             )
+        if row.get("decode"):
+            failure = f"; capture failed, steps ran eagerly: {row['graph_failure']}" if row["graph_failure"] else ""
+            lines.append(f"- {row['name']}: {row['pacing']}, decode steps on a {row['decode']} "
+                         f"({row['graphs_captured']} CUDA graphs captured{failure})")
     ours = next((r for r in rows if r["name"] == "generate 7B" and r["status"] == "ok"), None)
     for peer in rows:
-        if ours and peer["name"].startswith("generate 7B HF") and peer["status"] == "ok":
+        if ours and peer is not ours and peer["name"].startswith("generate 7B") and peer["status"] == "ok":
+            same = sum(a == b for a, b in zip(ours["token_digests"], peer["token_digests"]))
             lines.append(f"- generate 7B against {peer['name'].removeprefix('generate 7B ')}: "
-                         f"{ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x its tokens/s (same run, shape, prompts and length)")
+                         f"{ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x its tokens/s (same run, shape, prompts "
+                         f"and length); the same tokens in {same}/{len(ours['token_digests'])} rows")
     return lines
 
 
@@ -619,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     import peft
 
     from tamperaudit import progress
+    from tamperaudit.generation import CPU_PACING
 
     began = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -684,6 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     generation = f"{dtype_name}, greedy, audit batch, {new_tokens or 'audit'} new tokens"
     plans.append(("generate 7B", describe_shape("7B", shapes["7B"], args.tiny), generation,
                   lambda: generate_row(shapes["7B"], dtype, device, peak, new_tokens)))
+    # the loop as it was before issue 29: a host read every step, rows dropped at once, transformers' DynamicCache
+    plans.append(("generate 7B per-step", describe_shape("7B", shapes["7B"], args.tiny),
+                  f"{generation}, a host read every step, dynamic cache",
+                  lambda: generate_row(shapes["7B"], dtype, device, peak, new_tokens, pacing=CPU_PACING)))
     for cache in ("dynamic", "static"):
         plans.append((f"generate 7B HF {cache}", describe_shape("7B", shapes["7B"], args.tiny),
                       f"{generation}, transformers' generate, {cache} cache",

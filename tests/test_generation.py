@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -136,67 +138,124 @@ def _chat_ids(tokenizer, system=None):
     return [ChatFormat.detect(tokenizer).ids([*t, {"role": "user", "content": p}]) for t, p in zip(turns, PROMPTS)]
 
 
-def test_gpu_pacing_reads_the_host_every_four_steps_and_compacts_rarely(tiny, monkeypatch):
+def _stops_at_different_steps(model, tokenizer, prompt_ids, max_new_tokens):
+    """End-of-turn tokens under which two of the first four prompts end early, at different
+    steps, each at a token no other of them writes."""
+    free, _ = generate(model, tokenizer, prompt_ids[:4], max_new_tokens, batch_size=4)
+    stops = {}
+    for index, completion in enumerate(free):
+        others = {t for i, c in enumerate(free) if i != index for t in c.tokens}
+        own = [(position, t) for position, t in enumerate(completion.tokens) if position and t not in others]
+        if own and own[0][0] not in stops:
+            stops[own[0][0]] = own[0][1]
+    assert len(stops) >= 2
+    return list(stops.values())[:2]
+
+
+@contextlib.contextmanager
+def _ending_at(model, stops):
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = stops
+    try:
+        yield
+    finally:
+        model.generation_config.eos_token_id = original
+
+
+@pytest.mark.parametrize("captured", [False, True])
+def test_gpu_pacing_reads_the_host_every_four_steps_and_compacts_rarely(tiny, monkeypatch, captured):
     """The GPU's loop: no host read between looks (every 4 steps), and finished rows leave only
-    when half the batch has finished, so the batch changes shape a few times, not every step."""
+    when half the batch has finished, to a power of two, so the batch changes shape a few times,
+    not every step; with its decode steps captured (as CUDA graphs, here traced) or not."""
     from transformers import DynamicCache
 
-    from tamperaudit.generation import GPU_PACING
+    from tamperaudit.generation import GPU_PACING, StaticBuffers
+    from tamperaudit.testing import TracedGraphs
 
     model, tokenizer = tiny
     prompt_ids = _chat_ids(tokenizer) * 4  # 16 rows in one batch
-    free, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16)
-    original = tokenizer.eos_token_id
-    # Two prompts end early, each at a token no other prompt's reply holds, so rows end at different steps.
-    def own_token(index, start):
-        others = {t for i, c in enumerate(free[:4]) if i != index for t in c.tokens}
-        return next(t for t in free[index].tokens[start:] if t not in others)
-
-    stops = [own_token(3, 2), own_token(1, 5)]
-    model.generation_config.eos_token_id = stops
+    stops = _stops_at_different_steps(model, tokenizer, prompt_ids, 12)
     compactions = []
-    select = DynamicCache.batch_select_indices
+    select, keep = DynamicCache.batch_select_indices, StaticBuffers.keep
     monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda self, idx: (compactions.append(len(idx)), select(self, idx))[1])
-    try:
+    monkeypatch.setattr(StaticBuffers, "keep", lambda self, rows: (compactions.append(len(rows)), keep(self, rows))[1])
+    graphs = TracedGraphs() if captured else None
+    with _ending_at(model, stops):
         eager, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16)
         eager_compactions, compactions[:] = list(compactions), []
         with _HostReads() as counter:
-            paced, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16, pacing=GPU_PACING)
-    finally:
-        model.generation_config.eos_token_id = original
+            paced, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=12, batch_size=16, pacing=GPU_PACING,
+                                graphs=graphs)
     assert [c.tokens for c in paced] == [c.tokens for c in eager]
     assert [c.finished for c in paced] == [c.finished for c in eager]
     assert any(c.finished for c in eager) and len({len(c.tokens) for c in eager}) > 2  # rows end at different steps
     # 12 steps: looks after steps 4, 8 and 12, one read each (and the prefix's copy: none).
     assert counter.reads <= 3
-    # The CPU's loop drops finished rows as they end; the GPU's only when half have.
+    # The CPU's loop drops finished rows as they end; the GPU's only when half have, to a power of two.
     assert eager_compactions[1:] and all(n < 16 for n in eager_compactions[1:])
-    assert compactions[1:] == [] or all(n <= 8 for n in compactions[1:])
+    assert all(n <= 8 and n & (n - 1) == 0 for n in compactions[1:])
+    if captured:
+        assert graphs.captured + graphs.replayed == 11  # each decode step: captured (once per size) or replayed
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("system", [None, "You are a careful assistant who answers in one short sentence."])
-def test_gpu_pacing_gives_the_same_tokens_with_early_stops_and_an_adapter(tiny, system):
-    """Rows kept decoding past their end (until the host looks) or past a settled verdict
-    change nothing recorded: the same tokens, finished and settled flags as the CPU's loop,
-    on the base model and with a LoRA adapter active and unmerged."""
+def test_gpu_pacing_static_cache_and_captured_steps_give_the_same_tokens(tiny_model_dir, attention, system):
+    """Rows kept decoding past their end (until the host looks) or past a settled verdict, a
+    static cache written in place, and decode steps captured once per batch size and replayed
+    (as CUDA graphs replay: the Python that launched them not run again) change nothing
+    recorded: the same tokens, finished and settled flags as the CPU's loop on transformers'
+    DynamicCache, on the base model and with a LoRA adapter active and unmerged, over three
+    batches of different widths and sizes (the last smaller) that reuse one set of buffers."""
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tamperaudit.generation import CPU_PACING, GPU_PACING
+    from tamperaudit.generation import CPU_PACING, GPU_PACING, Pacing
+    from tamperaudit.testing import TracedGraphs
 
-    model, tokenizer = tiny
-    prompt_ids = _chat_ids(tokenizer, system) * 2
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention).eval()
+    prompt_ids = _chat_ids(tokenizer, system) * 4
     settle = lambda index, tokens: index % 3 == 1 and len(tokens) >= 4  # noqa: E731
+    stops = _stops_at_different_steps(model, tokenizer, prompt_ids, 10)
     torch.manual_seed(0)
     adapted = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    try:
+    with _ending_at(model, stops):
         for which in (adapted, model):
             with (adapted.disable_adapter() if which is model else torch.no_grad()):
-                runs = [generate(adapted, tokenizer, prompt_ids, 10, batch_size=8, settled=settle, pacing=p)[0]
-                        for p in (CPU_PACING, GPU_PACING)]
-            assert [(c.tokens, c.finished, c.settled) for c in runs[0]] == [(c.tokens, c.finished, c.settled) for c in runs[1]]
-            assert any(c.settled for c in runs[1])
-    finally:
-        adapted.unload()
+                graphs = TracedGraphs()
+                runs = [generate(adapted, tokenizer, prompt_ids, 10, batch_size=6, settled=settle, pacing=pacing, graphs=g)
+                        for pacing, g in ((CPU_PACING, None), (Pacing(static=True), None), (GPU_PACING, None),
+                                          (GPU_PACING, graphs))]
+            recorded = [[(c.tokens, c.finished, c.settled) for c in completions] for completions, _ in runs]
+            assert all(r == recorded[0] for r in recorded[1:])
+            assert any(c.settled for c in runs[0][0])
+            assert which is adapted or any(c.finished for c in runs[0][0])  # the stops are the base model's tokens
+            assert [stats.decode for _, stats in runs] == [
+                "dynamic cache", "static cache", "static cache", "static cache, captured steps"]
+            # sizes 6 and 4 captured once each (and any power of two the batches shrank to), replayed after
+            assert 2 <= graphs.captured <= 5 and graphs.replayed > 2 * graphs.captured
+
+
+def test_traced_graphs_replay_what_was_captured_and_refuse_host_reads():
+    """The stand-in for CUDA graphs in these tests: a replay reads its inputs' memory as it is
+    now, but what the Python decided at capture stays (here, a factor read from a list); reading
+    a value back to the host while capturing is an error, as it is on a GPU."""
+    from tamperaudit.testing import TracedGraphs
+
+    graphs = TracedGraphs()
+    inputs, out, factor = torch.ones(3), torch.zeros(4), [5]
+    with torch.inference_mode():
+        replay = graphs.capture(lambda: out[1:].copy_(inputs * factor[0] + torch.arange(3)))
+    assert out.tolist() == [0, 5, 6, 7]
+    inputs.fill_(2)
+    factor[0] = 100
+    replay()
+    assert out.tolist() == [0, 10, 11, 12] and (graphs.captured, graphs.replayed) == (1, 1)
+    for read in (lambda: out.fill_(inputs.sum().item()), lambda: out.fill_(float(bool(inputs.any()))),
+                 lambda: out[: len(inputs.nonzero())].zero_()):
+        with pytest.raises(RuntimeError, match="reads back to the host"):
+            graphs.capture(read)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -233,3 +292,45 @@ def test_sliding_window_layers_leave_the_mask_to_transformers(tiny_model_dir):
     windowed = Model(use_sliding_window=True, sliding_window=16, layer_types=["sliding_attention"] * layers)
     assert windowed.config.layer_types[0] == "sliding_attention"
     assert _decode_mask_kind(windowed) is None
+
+
+class _Ids:
+    """A tokenizer's attributes as generate reads them, for prompts given as token ids."""
+
+    pad_token_id = 0
+    eos_token_id = 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("architecture", ["Llama", "Mistral", "Phi3", "Gemma", "Qwen3"])
+def test_captured_steps_on_a_static_cache_run_other_architectures_unchanged(architecture):
+    """The families a GPU user audits, each as a tiny random model: the captured decode steps on
+    the static cache give the dynamic cache's tokens, and each takes its masks ready-made."""
+    import transformers
+
+    from tamperaudit.generation import CPU_PACING, GPU_PACING, _decode_mask_kind
+    from tamperaudit.testing import TracedGraphs
+
+    config = getattr(transformers, f"{architecture}Config")(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+        **({"sliding_window": None} if architecture == "Mistral" else {}))  # Mistral 7B v0.2 and later: no window
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{architecture}ForCausalLM")(config).eval()
+    assert _decode_mask_kind(model) == "sdpa"
+    generator = torch.Generator().manual_seed(1)
+    prompts = [[2, 3, 4] + torch.randint(5, 97, (int(n),), generator=generator).tolist() for n in (3, 9, 5, 12, 7)]
+    graphs = TracedGraphs()
+    runs = [generate(model, _Ids(), prompts, 9, batch_size=4, pacing=pacing, graphs=g)
+            for pacing, g in ((CPU_PACING, None), (GPU_PACING, graphs), (GPU_PACING, _CaptureFails()))]
+    assert [c.tokens for c in runs[0][0]] == [c.tokens for c in runs[1][0]] == [c.tokens for c in runs[2][0]]
+    assert runs[1][1].decode == "static cache, captured steps" and graphs.replayed
+
+
+class _CaptureFails:
+    """What CudaGraphs returns when a capture fails: the step itself, run eagerly on the whole buffers."""
+
+    def capture(self, run):
+        return run

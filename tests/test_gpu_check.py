@@ -32,7 +32,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     rows = result["rows"]
     names = [row["name"] for row in rows]
     assert names == ["audit", "audit spread", "judge", "train 7B", "train 7B", "train 13B", "train 13B", "generate 7B",
-                     "generate 7B HF dynamic", "generate 7B HF static", "audit quick 7B"]
+                     "generate 7B per-step", "generate 7B HF dynamic", "generate 7B HF static", "audit quick 7B"]
     for row in rows:
         assert row["status"] == "ok", row
         assert row["tokens_per_second"] > 0, row
@@ -55,13 +55,17 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     generated = rows[7]
     assert generated["generated_tokens"] == generated["expected_tokens"] and generated["rows_stopped_early"] == 0
     assert generated["batch_size"] == EvalSettings().batch_size == generated["prompts"]
-    assert generated["pacing"] == "Pacing(check_every=1, compact_at=1.0)"  # a CPU reads every step
+    # a CPU reads every step, on transformers' DynamicCache: nothing to capture
+    assert generated["pacing"] == "Pacing(check_every=1, compact_at=1.0, static=False, graphs=False)"
+    assert generated["decode"] == "dynamic cache" and generated["graphs_captured"] == 0
     # the peers generate as many tokens from the same prompts; on a CPU there is no GPU-busy share
-    for peer in rows[8:10]:
+    for peer in rows[8:11]:
         assert peer["generated_tokens"] == generated["generated_tokens"] and peer["prompt_tokens"] == generated["prompt_tokens"]
         assert peer["gpu_busy"] is None and "gpu_busy_error" not in peer
-    assert "generate 7B against HF static:" in done.stdout
-    quick = rows[10]
+        assert len(peer["token_digests"]) == generated["prompts"]
+    assert rows[8]["token_digests"] == generated["token_digests"]  # on a CPU, the same loop
+    assert "generate 7B against HF static:" in done.stdout and "the same tokens in" in done.stdout
+    quick = rows[11]
     assert quick["report_status"] == "complete"
     assert set(quick["stage_seconds"]) == {"baseline", "attack", "budget-000005"} and all(  # --quick: budgets 0 and 5
         seconds > 0 for seconds in quick["stage_seconds"].values())

@@ -268,7 +268,9 @@ def test_max_memory_is_read_as_accelerates_and_refused_without_a_device_map():
 
 def test_the_gpus_paced_decode_loop_runs_on_a_spread_model(tiny_model_dir):
     """Issue 29's loop (host reads every 4 steps, rows dropped at half the batch, masks built
-    by the loop) keeps every tensor where a spread model needs it, and decodes the same tokens."""
+    by the loop, a static cache with each layer's keys and values on that layer's device; not
+    captured, a graph being one device's) keeps every tensor where a spread model needs it, and
+    decodes the same tokens."""
     from tamperaudit.generation import GPU_PACING, generate
 
     model, tokenizer = _model(tiny_model_dir)
@@ -276,5 +278,6 @@ def test_the_gpus_paced_decode_loop_runs_on_a_spread_model(tiny_model_dir):
     prompts = [hf.render([{"role": "user", "content": text}]) for text in ("Name a colour.", "Hi", "Count to three, slowly.")]
     alone, _ = generate(model, tokenizer, prompts, 9, 3)
     with spread(model):
-        paced, _ = generate(model, tokenizer, prompts, 9, 3, pacing=GPU_PACING)
+        paced, stats = generate(model, tokenizer, prompts, 9, 3, pacing=GPU_PACING)
     assert [c.tokens for c in paced] == [c.tokens for c in alone]
+    assert stats.decode == "static cache"

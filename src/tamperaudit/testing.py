@@ -280,3 +280,54 @@ class ScriptedModel:
             yield self
         finally:
             self.shift = shift
+
+
+class TracedGraphs:
+    """What ``generation.CudaGraphs`` does, on any device, for the tests that have no GPU.
+
+    A CUDA graph records the kernels one call launches, with the memory each reads and writes,
+    and replays them without running the Python that launched them: what the Python decided at
+    capture (sizes, indices, which tensors) is frozen, and only memory that was written in place
+    carries new inputs. Capture here records the tensor operations of one call (PyTorch's
+    dispatch level) and replays them in order on the tensors they first touched, each result
+    standing in for the one it replaces. As on a GPU, a read back to the host during capture is
+    an error (``.item()``, ``.tolist()``, ``bool()`` of a tensor, ``nonzero``).
+    """
+
+    def __init__(self) -> None:
+        self.captured = 0
+        self.replayed = 0
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten, tree_map
+
+        import torch
+
+        host_reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                      torch.ops.aten.item.default}
+        operations: list[tuple[Any, Any, Any, Any]] = []
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - PyTorch's signature
+                if func in host_reads:
+                    raise RuntimeError(f"a captured step reads back to the host ({func})")
+                result = func(*args, **(kwargs or {}))
+                operations.append((func, args, kwargs or {}, result))
+                return result
+
+        with Record():
+            run()
+        self.captured += 1
+
+        def replay() -> None:
+            stand_in: dict[int, Any] = {}
+            swap = lambda value: stand_in.get(id(value), value) if isinstance(value, torch.Tensor) else value  # noqa: E731
+            for func, args, kwargs, result in operations:
+                fresh = func(*tree_map(swap, args), **tree_map(swap, kwargs))
+                for old, new in zip(tree_flatten(result)[0], tree_flatten(fresh)[0]):
+                    if isinstance(old, torch.Tensor):
+                        stand_in[id(old)] = new
+            self.replayed += 1
+
+        return replay
