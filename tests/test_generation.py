@@ -119,17 +119,19 @@ def test_the_loaded_models_head_gets_a_contiguous_input(tiny_model_dir):
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):
-    """Counts what makes a GPU wait for the host: reading a tensor's values back."""
+    """Counts what makes a GPU wait for the host: reading a tensor's values back (and, given
+    ``state``, notes what it says at each read)."""
 
     READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.cpu}
 
-    def __init__(self) -> None:
+    def __init__(self, state=lambda: None) -> None:
         super().__init__()
-        self.reads = 0
+        self.reads, self.state, self.states = 0, state, []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - PyTorch's signature
         if func in self.READS:
             self.reads += 1
+            self.states.append(self.state())
         return func(*args, **(kwargs or {}))
 
 
@@ -196,6 +198,32 @@ def test_gpu_pacing_reads_the_host_every_four_steps_and_compacts_rarely(tiny, mo
     assert all(n <= 8 and n & (n - 1) == 0 for n in compactions[1:])
     if captured:
         assert graphs.captured + graphs.replayed == 11  # each decode step: captured (once per size) or replayed
+
+
+def test_overlapped_looks_read_each_window_while_the_next_is_computed(tiny):
+    """Under the GPU's pacing the host reads steps 1-4 only once steps 5-8 are issued, and so
+    on (the device is never left without queued work while the host reads), except at the last
+    step, where everything is read; under the CPU's it reads each step as it comes."""
+    from tamperaudit.generation import CPU_PACING, GPU_PACING
+
+    model, tokenizer = tiny
+    prompt_ids = _chat_ids(tokenizer) * 2
+    forwards = []  # passes issued: the prefix, the prompts, then each decode step
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        looks = {}
+        for name, pacing in (("cpu", CPU_PACING), ("gpu", GPU_PACING)):
+            forwards.clear()
+            with _HostReads(lambda: len(forwards)) as reads:
+                completions, _ = generate(model, tokenizer, prompt_ids, max_new_tokens=13, batch_size=8, pacing=pacing)
+            assert all(len(c.tokens) == 13 or c.finished for c in completions)
+            looks[name] = reads.states
+    finally:
+        handle.remove()
+    # the prefix and the prompts: 2 passes and the first token; then a pass for each of the other 12
+    assert looks["cpu"] == list(range(2, 15))
+    # tokens 1-4 read once 8 are issued, 5-8 once 12 are, and at the 13th all the rest
+    assert looks["gpu"] == [9, 13, 14, 14]
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])

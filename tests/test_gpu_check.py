@@ -56,7 +56,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     assert generated["generated_tokens"] == generated["expected_tokens"] and generated["rows_stopped_early"] == 0
     assert generated["batch_size"] == EvalSettings().batch_size == generated["prompts"]
     # a CPU reads every step, on transformers' DynamicCache: nothing to capture
-    assert generated["pacing"] == "Pacing(check_every=1, compact_at=1.0, static=False, graphs=False)"
+    assert generated["pacing"] == "Pacing(check_every=1, compact_at=1.0, static=False, graphs=False, overlap=False)"
     assert generated["decode"] == "dynamic cache" and generated["graphs_captured"] == 0
     # the peers generate as many tokens from the same prompts; on a CPU there is no GPU-busy share
     for peer in rows[8:11]:

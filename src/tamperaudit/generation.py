@@ -161,12 +161,15 @@ class Pacing:
     to grow it by one position each step. ``graphs``: on a model that sits on one CUDA device,
     each batch size's decode step is captured once as a CUDA graph and replayed, so that a
     step is one launch instead of one per kernel; the batch then shrinks only to powers of two.
+    ``overlap``: each look reads the steps of the look before, copied meanwhile, so that the
+    device computes the next steps while the host reads (rows then stop one look later).
     """
 
     check_every: int = 1
     compact_at: float = 1.0
     static: bool = False
     graphs: bool = False
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.check_every not in (1, 2, 4) or not 0.0 < self.compact_at <= 1.0 or (self.graphs and not self.static):
@@ -179,7 +182,7 @@ class Pacing:
 # few more rows cost it little: it reads every 4 steps, halves the batch only when half of
 # it has finished, and replays captured decode steps on a static cache.
 CPU_PACING = Pacing(check_every=1, compact_at=1.0)
-GPU_PACING = Pacing(check_every=SETTLE_EVERY, compact_at=0.5, static=True, graphs=True)
+GPU_PACING = Pacing(check_every=SETTLE_EVERY, compact_at=0.5, static=True, graphs=True, overlap=True)
 
 
 def pacing_for(device: torch.device) -> Pacing:
@@ -342,6 +345,21 @@ class CudaGraphs:
         return graph.replay
 
 
+def _for_host(tokens: torch.Tensor, overlap: bool) -> tuple[torch.Tensor, Callable[[], None]]:
+    """Generated tokens on their way to the host, and what waits until they are there: as they
+    are (their read waits for the device), or, overlapped, a copy started now (into pinned
+    memory on a GPU, so that it runs without holding the host) and waited for at its read."""
+    if not overlap:
+        return tokens, lambda: None
+    if tokens.device.type != "cuda":
+        return tokens.clone(), lambda: None
+    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+    host.copy_(tokens, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied.synchronize
+
+
 def _bucket(running: int) -> int:
     """The batch size a captured loop shrinks to: the next power of two."""
     return 1 << max(0, running - 1).bit_length()
@@ -441,25 +459,33 @@ def _generate_batch(
     batch_rows = list(range(rows))  # original row of each batch row (the host's copy)
     running = set(batch_rows)  # original rows whose reply goes on
     generated = torch.empty((rows, max_new_tokens), dtype=torch.long, device=device)  # by batch row, until compacted
-    read = 0  # steps the host has read
+    read = 0  # steps copied for the host
+    windows: list[tuple[int, list[int], torch.Tensor, Callable[[], None]]] = []  # (first step, rows, tokens, wait)
     for step in range(max_new_tokens):
         generated[:, step] = first if step == 0 else steps.step()
-        if (step + 1) % pacing.check_every and step + 1 < max_new_tokens:
+        last = step + 1 == max_new_tokens
+        if (step + 1) % pacing.check_every and not last:
             continue
-        # The host's look: one read of the steps since the last, then each row's tokens in order.
-        for row, tokens in zip(batch_rows, generated[:, read : step + 1].tolist()):
-            for offset, token in enumerate(tokens):
-                if row not in running:
-                    break
-                if token in stop_ids:
-                    finished[row] = True
-                    running.discard(row)
-                    continue
-                outputs[row].append(token)
-                if settled is not None and (read + offset + 1) % SETTLE_EVERY == 0 and settled(row, outputs[row]):
-                    early[row] = True
-                    running.discard(row)
+        # The host's look: the steps since the last, then each row's tokens in order. Overlapped,
+        # it reads the window before (copied while the device computed this one), so that the
+        # device always has a window of steps queued while the host reads.
+        windows.append((read, batch_rows, *_for_host(generated[:, read : step + 1], pacing.overlap)))
         read = step + 1
+        while len(windows) > (1 if pacing.overlap and not last else 0):
+            start, rows_then, window, wait = windows.pop(0)
+            wait()
+            for row, tokens in zip(rows_then, window.tolist()):
+                for offset, token in enumerate(tokens):
+                    if row not in running:
+                        break
+                    if token in stop_ids:
+                        finished[row] = True
+                        running.discard(row)
+                        continue
+                    outputs[row].append(token)
+                    if settled is not None and (start + offset + 1) % SETTLE_EVERY == 0 and settled(row, outputs[row]):
+                        early[row] = True
+                        running.discard(row)
         if not running:
             break
         if len(running) <= pacing.compact_at * len(batch_rows) and len(running) < len(batch_rows):
