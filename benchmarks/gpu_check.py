@@ -42,9 +42,10 @@ say) is reported in its row and the other rows still run:
   FLOPs are estimated as 2 x weights per computed position (the shared prefix
   once, padded suffixes, fed-back tokens; the head at generated positions
   only); decoding is memory-bound, so its MFU is low by nature.
-  On a GPU the loop reads the host every 4 steps and replays its decode steps as
-  CUDA graphs on a static cache (``GPU_PACING``); the notes say how many graphs
-  were captured, or why capture failed (its steps then ran eagerly).
+  On a GPU the loop reads the host every 4 steps (each read overlapping the
+  next 4 steps) and replays its decode steps as CUDA graphs on a static cache
+  (``GPU_PACING``); the notes say how many graphs the timed call captured, or
+  why capture failed (its steps then ran eagerly).
 - **generate 7B per-step**: the same call under the pacing the loop had before
   issue 29 (a host read every step, rows dropped as they end, transformers'
   DynamicCache), for the ratio the loop gained, in the same run.
@@ -56,7 +57,8 @@ say) is reported in its row and the other rows still run:
   kept in the JSON as a short digest).
 - **GPU busy** (generation rows, on a GPU): one more call of the row's generation
   under the profiler, its kernel time over the synchronized wall; 100% is a GPU
-  that never waits on the host.
+  that never waits on the host. The notes give the kernels the profiler saw:
+  kernels replayed from a CUDA graph count only where CUPTI traces graph nodes.
 - **audit quick 7B**: ``audit --quick`` through ``main()`` on a model with
   Qwen2.5-7B's layers behind the tiny vocabulary (random weights made on the GPU
   and saved to the temporary folder; with ``--tiny``, the tiny model), and each
@@ -416,10 +418,11 @@ def train_row(
     }
 
 
-def gpu_busy_share(device: Any, run: Callable[[], Any]) -> float | None:
+def gpu_busy_share(device: Any, run: Callable[[], Any]) -> tuple[float, int] | None:
     """The share of one call of ``run``'s wall time that the GPU spent in kernels (the
-    profiler's kernel time over the synchronized wall): 1.0 is a GPU never waiting on the host.
-    None on a CPU."""
+    profiler's kernel time over the synchronized wall): 1.0 is a GPU never waiting on the host;
+    and the kernels the profiler saw (kernels replayed from a CUDA graph are seen only where
+    CUPTI traces graph nodes: a count near the number of steps says it did not). None on a CPU."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -433,13 +436,14 @@ def gpu_busy_share(device: Any, run: Callable[[], Any]) -> float | None:
         wall = time.perf_counter() - started
     kernels = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA]
     busy_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in kernels)
-    return busy_us / 1e6 / wall
+    return busy_us / 1e6 / wall, sum(e.count for e in kernels)
 
 
 def _busy(device: Any, run: Callable[[], Any]) -> dict[str, Any]:
     """The row's GPU-busy share from a second, profiled call (the timed one runs without the profiler)."""
     try:
-        return {"gpu_busy": gpu_busy_share(device, run)}
+        busy = gpu_busy_share(device, run)
+        return {"gpu_busy": None} if busy is None else {"gpu_busy": busy[0], "kernels_seen": busy[1]}
     except Exception as error:  # the profiler is a measurement aid: its failure must not fail the row
         return {"gpu_busy": None, "gpu_busy_error": one_line(error)}
 
@@ -475,7 +479,9 @@ def generate_row(
     run = lambda: generate(model, tokenizer, prompts, new_tokens, batch, pacing=pacing, graphs=graphs)  # noqa: E731
     run()  # warm-up at the timed shape, untimed
     synchronize(device)
+    captured_before = graphs.captured if graphs else 0
     completions, stats = run()
+    captured = graphs.captured - captured_before if graphs else 0
     body, head = body_and_head_parameters(model)
     # positions the loop computes: the shared prefix once, the left-padded suffixes, then each fed-back token
     prefix = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
@@ -499,7 +505,7 @@ def generate_row(
         "flops": flops,
         "pacing": str(pacing),
         "decode": stats.decode,
-        "graphs_captured": graphs.captured if graphs else 0,
+        "graphs_captured": captured,  # in the timed call (each call captures its own)
         "graph_failure": graphs.failure if graphs else "",
         "token_digests": token_digests([list(c.tokens) for c in completions]),
         **_busy(device, run),
@@ -613,8 +619,9 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
             )
         if row.get("decode"):
             failure = f"; capture failed, steps ran eagerly: {row['graph_failure']}" if row["graph_failure"] else ""
+            seen = f"; the profiler saw {row['kernels_seen']:,} kernels" if row.get("kernels_seen") is not None else ""
             lines.append(f"- {row['name']}: {row['pacing']}, decode steps on a {row['decode']} "
-                         f"({row['graphs_captured']} CUDA graphs captured{failure})")
+                         f"({row['graphs_captured']} CUDA graphs captured in the timed call{failure}){seen}")
     ours = next((r for r in rows if r["name"] == "generate 7B" and r["status"] == "ok"), None)
     for peer in rows:
         if ours and peer is not ours and peer["name"].startswith("generate 7B") and peer["status"] == "ok":
