@@ -241,8 +241,8 @@ class StaticBuffers:
     on the device, and the mask blocks what is not written yet, so that no shape changes.
     """
 
-    def __init__(self, rows: int, length: int, kind: str, dtype: torch.dtype, device: torch.device) -> None:
-        self.rows, self.length, self.kind, self.dtype, self.device = rows, length, kind, dtype, device
+    def __init__(self, rows: int, length: int, kind: str, dtype: torch.dtype, device: torch.device, grown: bool) -> None:
+        self.rows, self.length, self.device, self.grown = rows, length, device, grown
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         mask_dtype = torch.bool if kind == "sdpa" else dtype
@@ -254,7 +254,6 @@ class StaticBuffers:
         self.write_at = torch.zeros(1, dtype=torch.long, device=device)
         self.batch = 0  # rows in use
         self.written = 0  # positions written so far
-        self.grown = True
         self.replays: dict[int, Callable[[], None]] = {}  # captured steps, by batch size
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -268,9 +267,6 @@ class StaticBuffers:
         keys.index_copy_(2, self.write_at, key_states)
         values.index_copy_(2, self.write_at, value_states)
         return keys, values
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.written
 
     def load(self, cache: Any, attention: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor) -> None:
         """Take over a prefilled batch: its DynamicCache, 2D attention mask, positions, next tokens."""
@@ -373,7 +369,6 @@ class _StaticSteps:
                  positions: torch.Tensor, tokens: torch.Tensor) -> None:
         self.model, self.buffers, self.graphs = model, buffers, graphs
         buffers.load(cache, attention, positions, tokens)
-        buffers.grown = graphs is None
 
     def step(self) -> torch.Tensor:
         buffers, rows = self.buffers, self.buffers.batch
@@ -409,10 +404,10 @@ def _generate_batch(
     max_new_tokens: int,
     stop_ids: set[int],
     pad_id: int,
-    settled: Callable[[int, list[int]], bool] | None = None,
-    pacing: Pacing | None = None,
-    buffers: StaticBuffers | None = None,
-    graphs: Any = None,
+    settled: Callable[[int, list[int]], bool] | None,
+    pacing: Pacing,
+    buffers: StaticBuffers | None,
+    graphs: Any,
 ) -> list[tuple[list[int], bool, bool]]:
     """Greedy decoding of one batch.
 
@@ -421,13 +416,12 @@ def _generate_batch(
     (padding sits between prefix and suffix and is masked). Each row stops at its
     own end-of-turn token, or earlier when ``settled(row, tokens)`` says its verdict
     can no longer change; ``pacing`` says when the host looks and when stopped rows
-    leave the batch (by default, as suits the model's device). Given ``buffers``, the
+    leave the batch. Given ``buffers``, the
     decode steps run on them (``graphs``: captured and replayed), else on a DynamicCache.
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    pacing = pacing or pacing_for(device)
     rows = len(prompts)
     prefix = torch.tensor(prompts[0][:prefix_length], device=device).unsqueeze(0)
     suffixes = [p[prefix_length:] for p in prompts]
@@ -523,18 +517,17 @@ def generate(
     stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts))
     device = next(model.parameters()).device
     pacing = pacing or pacing_for(device)
-    buffers = None
     kind = _decode_mask_kind(model)
-    if pacing.static and kind is not None and prompts and max_new_tokens > 1:
+    static = pacing.static and kind is not None and bool(prompts) and max_new_tokens > 1
+    if not (static and pacing.graphs):
+        graphs = None
+    elif graphs is None and device.type == "cuda" and len({p.device for p in model.parameters()}) == 1:
+        graphs = CudaGraphs(device)
+    buffers = None
+    if static:
         length = max(len(p) for p in prompts) + max_new_tokens - 1
         dtype = model.get_input_embeddings().weight.dtype
-        buffers = StaticBuffers(min(batch_size, len(prompts)), length, kind, dtype, device)
-        if not pacing.graphs:
-            graphs = None
-        elif graphs is None and device.type == "cuda" and len({p.device for p in model.parameters()}) == 1:
-            graphs = CudaGraphs(device)
-    else:
-        graphs = None
+        buffers = StaticBuffers(min(batch_size, len(prompts)), length, kind, dtype, device, grown=graphs is None)
     stats.decode = "dynamic cache" if buffers is None else "static cache" + (", captured steps" if graphs else "")
     start = time.perf_counter()
     with progress.bar(total=len(prompts), desc=desc, unit="prompt") as bar:

@@ -299,10 +299,9 @@ class TracedGraphs:
         self.replayed = 0
 
     def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        import torch
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten, tree_map
-
-        import torch
 
         host_reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
                       torch.ops.aten.item.default}
